@@ -1,0 +1,58 @@
+"""Error bodies for both services: every error is `{"detail": "<words a user can act on>"}`, validation errors
+included, and nothing a client sends ever yields a stack trace; knows nothing of torch or storage."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("saex")
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def _where(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def describe_validation_error(exc: RequestValidationError) -> str:
+    msgs = []
+    for err in exc.errors()[:5]:
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            msgs.append("the body is not valid JSON")
+        elif err.get("type") == "extra_forbidden":
+            msgs.append(f"{_where(err.get('loc', ()))}: unknown field (check its spelling against the API)")
+        else:
+            msgs.append(f"{_where(err.get('loc', ()))}: {msg}")
+    return "; ".join(msgs)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error: this is a bug in SAE Explorer, please report it"},
+                            status_code=500)
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes"},
+                                status_code=413)
+        return await call_next(request)

@@ -1,0 +1,63 @@
+"""Settings, read from the environment (prefix SAEX_, and DATABASE_URL) and an optional TOML file; the only
+module that reads environment variables. Nothing here loads a model or opens a database."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO_ROOT / "artifacts" / "demo"  # the embedded default model and SAEs
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SAEX_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(default=Path("data"), description="where the SQLite file and caches live")
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "SAEX_DATABASE_URL"),
+        description="a SQLAlchemy URL; default a SQLite file in data_dir",
+    )
+    model: str | None = Field(default=None, description="model folder or TransformerLens name; default: the demo")
+    saes: list[str] = Field(default_factory=list, description="SAE folders, .pt files or release:id")
+    device: str = Field(default="cpu", description="cpu or cuda")
+    threads: int | None = Field(default=None, description="torch threads of the worker; default: torch's choice")
+    queue_size: int = Field(default=16, ge=0, description="requests that may wait for the worker before 503")
+    worker_urls: list[str] = Field(default_factory=list, description="inference workers the web app uses")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'saex.db').resolve()}"
+
+    def model_spec(self) -> str:
+        return self.model or str(DEMO_DIR / "model")
+
+    def sae_specs(self) -> list[str]:
+        if self.saes:
+            return self.saes
+        if self.model:
+            raise ValueError("a model was named without SAEs: name one SAE per layer with --sae")
+        return [str(p) for p in sorted((DEMO_DIR / "saes").glob("L*")) if p.is_dir()]
+
+
+def load_settings(config_file: Path | None = None, **overrides) -> Settings:
+    """Environment, then the TOML file (if any), then explicit overrides (command-line flags) win."""
+    file_values: dict = {}
+    if config_file is not None:
+        try:
+            file_values = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"config file {config_file}: {exc}") from exc
+    env = Settings()
+    merged = {**env.model_dump(), **file_values, **{k: v for k, v in overrides.items() if v not in (None, [])}}
+    return Settings.model_validate(merged)
+
+
+def use_offline_hub() -> None:
+    """Labs may be air-gapped: models and SAEs by name come from the local Hugging Face cache only."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,0 +1,210 @@
+"""The engine: a model with one hook_z SAE per layer, answering every model-backed question of the API as plain
+dicts whose fields are the contract's; knows nothing of HTTP, storage or settings.
+
+Input problems raise NotFound (an unknown layer, feature or position), TooLong (more tokens than the context)
+or Invalid (anything else a caller sent), each with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformer_lens import HookedTransformer
+
+from app.engine import features as F
+from app.engine.reconstruction import reconstruction_metrics
+from app.engine.saes import AttnSAE
+from app.engine.steering import MODES, Intervention, generate
+
+
+class InputError(ValueError):
+    pass
+
+
+class NotFound(InputError):
+    pass
+
+
+class TooLong(InputError):
+    pass
+
+
+class Invalid(InputError):
+    pass
+
+
+MAX_TOP_K = 256
+MAX_TOP_LOGPROBS = 20
+
+
+class Engine:
+    def __init__(self, model: HookedTransformer, saes: list[AttnSAE], name: str) -> None:
+        if not saes:
+            raise ValueError("an engine needs at least one SAE")
+        self.model, self.name = model, name
+        self.saes: dict[int, AttnSAE] = {s.layer: s for s in saes}
+        self.device = next(model.parameters()).device
+        self.prepend_bos = bool(model.cfg.default_prepend_bos)
+
+    # --- description and tokens -------------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        cfg = self.model.cfg
+        return {
+            "model": {"name": self.name, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_head": cfg.d_head,
+                      "d_model": cfg.d_model, "n_ctx": cfg.n_ctx, "d_vocab": cfg.d_vocab,
+                      "prepends_bos": self.prepend_bos},
+            "saes": [{"id": s.sae_id, "layer": s.layer, "hook_name": s.hook_name, "d_sae": s.d_sae,
+                      "architecture": s.architecture, "source": s.source} for s in self.saes.values()],
+        }
+
+    def to_str(self, ids: list[int]) -> list[str]:
+        return [self.model.tokenizer.decode([i]) for i in ids]
+
+    def encode_text(self, text: str) -> torch.Tensor:
+        """(1, T) token ids, BOS first when the model prepends one; TooLong past the context."""
+        if not isinstance(text, str) or not text:
+            raise Invalid("text is empty: send the prompt to analyse as a non-empty string")
+        ids = self.model.to_tokens(text, prepend_bos=self.prepend_bos, truncate=False).to(self.device)
+        if ids.shape[1] > self.model.cfg.n_ctx:
+            raise TooLong(f"the text is {ids.shape[1]} tokens long but the model's context is "
+                          f"{self.model.cfg.n_ctx} tokens: shorten it")
+        return ids
+
+    def tokenize(self, text: str) -> dict:
+        ids = self.encode_text(text)[0].tolist()
+        return {"tokens": self.to_str(ids), "token_ids": ids}
+
+    def sae(self, layer: int) -> AttnSAE:
+        if layer not in self.saes:
+            raise NotFound(f"there is no SAE on layer {layer}; layers with SAEs: {sorted(self.saes)}")
+        return self.saes[layer]
+
+    def check_feature(self, sae: AttnSAE, feature: int) -> None:
+        if not 0 <= feature < sae.d_sae:
+            raise NotFound(f"feature {feature} does not exist in SAE {sae.sae_id}: features are 0 to {sae.d_sae - 1}")
+
+    # --- prompt analysis --------------------------------------------------------------------------------------
+
+    def analyze(self, text: str, layers: list[int] | None = None, top_k: int = 10) -> dict:
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise Invalid(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        saes = [self.sae(layer) for layer in (sorted(set(layers)) if layers else sorted(self.saes))]
+        ids = self.encode_text(text)
+        zs = F.capture(self.model, ids, [s.hook_name for s in saes])
+        out_layers = []
+        with torch.inference_mode():
+            for sae in saes:
+                acts, _ = sae.encode(F.flat_z(zs[sae.hook_name][0]))  # (T, d_sae)
+                rows, l0 = F.top_features(acts, top_k)
+                out_layers.append({
+                    "layer": sae.layer, "sae_id": sae.sae_id, "l0": l0,
+                    "top_features": [[{"feature": f, "activation": a} for f, a in row] for row in rows],
+                })
+        token_ids = ids[0].tolist()
+        return {"tokens": self.to_str(token_ids), "token_ids": token_ids, "layers": out_layers}
+
+    def feature_trace(self, text: str, layer: int, feature: int) -> dict:
+        sae = self.sae(layer)
+        self.check_feature(sae, feature)
+        ids = self.encode_text(text)
+        z = F.capture(self.model, ids, [sae.hook_name])[sae.hook_name][0]  # (T, head_index, d_head)
+        with torch.inference_mode():
+            acts, pre = sae.encode(F.flat_z(z))
+            heads = F.head_contributions(sae, z, feature)  # (T, head_index)
+            bias = float(sae.bias_term()[feature])
+        token_ids = ids[0].tolist()
+        return {
+            "tokens": self.to_str(token_ids), "token_ids": token_ids, "layer": layer, "feature": feature,
+            "activations": acts[:, feature].tolist(), "pre_activations": pre[:, feature].tolist(),
+            "head_contributions": heads.tolist(), "bias_contribution": [bias] * len(token_ids),
+        }
+
+    def dfa(self, text: str, layer: int, feature: int, position: int) -> dict:
+        sae = self.sae(layer)
+        self.check_feature(sae, feature)
+        ids = self.encode_text(text)
+        if not 0 <= position < ids.shape[1]:
+            raise NotFound(f"position {position} is outside the prompt: its {ids.shape[1]} tokens are at positions "
+                           f"0 to {ids.shape[1] - 1} (BOS included)")
+        prefix = f"blocks.{layer}.attn."
+        acts = F.capture(self.model, ids, [prefix + "hook_pattern", prefix + "hook_v", prefix + "hook_z"])
+        with torch.inference_mode():
+            contrib = F.dfa(sae, acts[prefix + "hook_pattern"][0], acts[prefix + "hook_v"][0], feature, position)
+            act, pre = sae.encode(F.flat_z(acts[prefix + "hook_z"][0, position]))
+        token_ids = ids[0].tolist()
+        return {
+            "tokens": self.to_str(token_ids), "token_ids": token_ids, "layer": layer, "feature": feature,
+            "position": position, "pre_activation": float(pre[feature]), "activation": float(act[feature]),
+            "contributions": contrib.tolist(), "bias_contribution": float(sae.bias_term()[feature]),
+        }
+
+    # --- weights alone ----------------------------------------------------------------------------------------
+
+    def feature_weights(self, layer: int, feature: int, k: int = 10) -> dict:
+        sae = self.sae(layer)
+        self.check_feature(sae, feature)
+        return {
+            "head_attribution": F.head_attribution(sae, feature),
+            "logit_effects": F.logit_effects(self.model, sae, feature, k, self.to_str),
+            "similar_features": [{"feature": f, "cosine": c} for f, c in F.decoder_similarity(sae, feature, k)],
+        }
+
+    # --- steering ---------------------------------------------------------------------------------------------
+
+    def steer(self, text: str, interventions: list[dict], max_new_tokens: int = 32, temperature: float = 0.0,
+              seed: int = 0, top_logprobs: int = 5) -> dict:
+        if not 0 <= max_new_tokens <= self.model.cfg.n_ctx:
+            raise Invalid(f"max_new_tokens must be between 0 and the context, {self.model.cfg.n_ctx}; "
+                          f"got {max_new_tokens}")
+        if not (math.isfinite(temperature) and 0 <= temperature <= 10):
+            raise Invalid(f"temperature must be a number from 0 (greedy) to 10, got {temperature}")
+        if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise Invalid(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {top_logprobs}")
+        ids = self.encode_text(text)
+        edits = [self._intervention(i, ids.shape[1]) for i in interventions]
+        runs = {}
+        for key, chosen in (("default", []), ("steered", edits)):
+            gen = generate(self.model, ids, max_new_tokens, temperature, seed, top_logprobs, self.saes, chosen)
+            toks = self.to_str(gen.token_ids)
+            runs[key] = {
+                "text": self.model.tokenizer.decode(gen.token_ids), "tokens": toks, "token_ids": gen.token_ids,
+                "logprobs": [
+                    {"token": t, "logprob": lp,
+                     "top": [{"token": s, "logprob": v} for s, v in zip(self.to_str([i for i, _ in top]),
+                                                                         [v for _, v in top], strict=True)]}
+                    for t, lp, top in zip(toks, gen.logprobs, gen.top, strict=True)
+                ],
+            }
+        return runs
+
+    def _intervention(self, spec: dict, prompt_len: int) -> Intervention:
+        sae = self.sae(int(spec["layer"]))
+        feature = int(spec["feature"])
+        self.check_feature(sae, feature)
+        mode = spec.get("mode", "add")
+        if mode not in MODES:
+            raise Invalid(f"mode must be one of {MODES}, got {mode!r}")
+        value = float(spec.get("value") or 0.0)
+        if not math.isfinite(value):
+            raise Invalid(f"value must be a finite number, got {value}")
+        heads = spec.get("heads")
+        if heads is not None:
+            bad = [h for h in heads if not 0 <= h < sae.n_heads]
+            if bad or not heads:
+                raise Invalid(f"heads must be a non-empty list of heads 0 to {sae.n_heads - 1}; got {heads}")
+        positions = spec.get("positions")
+        if positions is not None:
+            bad = [p for p in positions if not 0 <= p < prompt_len]
+            if bad or not positions:
+                raise Invalid(f"positions must be prompt positions 0 to {prompt_len - 1} (BOS included); "
+                              f"got {bad or positions}")
+        return Intervention(layer=sae.layer, feature=feature, mode=mode, value=value,
+                            heads=tuple(heads) if heads is not None else None,
+                            positions=tuple(positions) if positions is not None else None)
+
+    # --- metrics ----------------------------------------------------------------------------------------------
+
+    def reconstruction(self, ids: torch.Tensor) -> list[dict]:
+        return reconstruction_metrics(self.model, list(self.saes.values()), ids.to(self.device))

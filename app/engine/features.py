@@ -1,0 +1,98 @@
+"""Feature computations on one prompt or on weights alone: top features per token, a feature's trace with
+per-head contributions, direct feature attribution (DFA) over (head, source), head attribution and logit
+effects; pure tensor functions that know nothing of HTTP, storage or tokenizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformer_lens import HookedTransformer
+
+from app.engine.saes import AttnSAE
+
+
+def capture(model: HookedTransformer, ids: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """Run the model on ids (B, T) only as far as the last layer that a hook in `names` needs, and keep those
+    activations; one forward pass for all of them."""
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(act: torch.Tensor, hook) -> None:
+        store[hook.name] = act
+
+    last = max(int(n.split(".")[1]) for n in names)
+    with torch.inference_mode():
+        model.run_with_hooks(ids, fwd_hooks=[(n, keep) for n in names], stop_at_layer=last + 1)
+    return store
+
+
+def flat_z(z: torch.Tensor) -> torch.Tensor:
+    """hook_z (..., head_index, d_head) -> (..., head_index·d_head), head-major, as SAELens flattens it."""
+    return z.flatten(-2)
+
+
+def top_features(acts: torch.Tensor, k: int) -> tuple[list[list[tuple[int, float]]], list[int]]:
+    """acts (T, d_sae) -> per token the active features, largest first (at most k), and L0 per token."""
+    values, indices = acts.topk(min(k, acts.shape[-1]), dim=-1)  # (T, k)
+    l0 = (acts > 0).sum(-1).tolist()
+    rows = []
+    for vals, idx in zip(values.tolist(), indices.tolist(), strict=True):
+        rows.append([(i, v) for i, v in zip(idx, vals, strict=True) if v > 0])
+    return rows, l0
+
+
+def head_contributions(sae: AttnSAE, z: torch.Tensor, feature: int) -> torch.Tensor:
+    """z (T, head_index, d_head) -> (T, head_index): z_{t,h} · W_eff[h-slice, f]."""
+    w = sae.W_eff[:, feature].view(sae.n_heads, sae.d_head)  # (head_index, d_head)
+    return torch.einsum("thd,hd->th", z.to(w.dtype), w)
+
+
+def dfa(sae: AttnSAE, pattern: torch.Tensor, v: torch.Tensor, feature: int, position: int) -> torch.Tensor:
+    """Direct feature attribution at destination `position`.
+
+    pattern (head_index, dest, src), v (src, head_index, d_head) -> (head_index, src):
+    A^h_{t,s} · (v^h_s · W_eff[h-slice, f]), which sums over (h, s) to z_t · W_eff[:, f].
+    """
+    if v.shape[1] != pattern.shape[0]:  # grouped-query attention: each key/value head serves several heads
+        v = v.repeat_interleave(pattern.shape[0] // v.shape[1], dim=1)
+    w = sae.W_eff[:, feature].view(sae.n_heads, sae.d_head)  # (head_index, d_head)
+    v_proj = torch.einsum("shd,hd->hs", v.to(w.dtype), w)  # (head_index, src)
+    return pattern[:, position, :].to(w.dtype) * v_proj
+
+
+def head_attribution(sae: AttnSAE, feature: int) -> list[float]:
+    """Weight-based: ‖W_dec[f, h-slice]‖ / Σ_h' ‖W_dec[f, h'-slice]‖, one share per head."""
+    norms = sae.W_dec[feature].view(sae.n_heads, sae.d_head).norm(dim=-1)  # (head_index,)
+    return (norms / norms.sum().clamp_min(1e-12)).tolist()
+
+
+def residual_direction(model: HookedTransformer, sae: AttnSAE, features: torch.Tensor | int) -> torch.Tensor:
+    """W_dec[f] · W_O with heads flattened: what a unit of the feature writes to the residual stream.
+    features: an index or (n,) indices -> (d_model,) or (n, d_model)."""
+    W_O = model.blocks[sae.layer].attn.W_O  # (head_index, d_head, d_model)
+    W_dec = sae.W_dec[features]  # (..., d_in)
+    return W_dec @ W_O.reshape(-1, W_O.shape[-1]).to(W_dec.dtype)
+
+
+def logit_effects(
+    model: HookedTransformer, sae: AttnSAE, feature: int, k: int, to_str: Callable[[list[int]], list[str]]
+) -> dict[str, list[dict]]:
+    """The top and bottom k tokens of W_dec[f] · W_O · W_U."""
+    with torch.inference_mode():
+        effect = residual_direction(model, sae, feature) @ model.W_U.to(sae.W_dec.dtype)  # (d_vocab,)
+    top, bottom = effect.topk(k), (-effect).topk(k)
+    top_tokens, bottom_tokens = to_str(top.indices.tolist()), to_str(bottom.indices.tolist())
+    return {
+        "top": [{"token": t, "value": v} for t, v in zip(top_tokens, top.values.tolist(), strict=True)],
+        "bottom": [{"token": t, "value": -v} for t, v in zip(bottom_tokens, bottom.values.tolist(), strict=True)],
+    }
+
+
+def decoder_similarity(sae: AttnSAE, feature: int, k: int) -> list[tuple[int, float]]:
+    """The k features whose decoder directions are nearest to f's by cosine (f itself excluded)."""
+    W = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cos = W @ W[feature]
+    cos[feature] = -2.0
+    vals, idx = cos.topk(min(k, cos.numel() - 1))
+    return list(zip(idx.tolist(), vals.tolist(), strict=True))

@@ -1,0 +1,100 @@
+"""One attention-output SAE on `blocks.L.attn.hook_z`, wrapping a SAELens SAE with the linear pieces that
+attributions need; knows nothing of models beyond the hook_z shape, nor of HTTP or storage.
+
+For every architecture the encoder pre-activation is linear in the input,
+    pre = (x - b_dec·[apply_b_dec_to_input]) @ W_eff + b_eff,
+and the activation is a function of the whole pre-activation vector (TopK, gated) or of each entry:
+- standard: relu(pre); jumprelu: relu(pre)·[pre > threshold]; topk: the k largest, relu'd;
+- gated: the magnitude path is the pre-activation (W_eff = W_enc·exp(r_mag), b_eff = b_mag) and a feature is
+  on where the gate pre-activation x_c @ W_enc + b_gate is positive, so activation = pre wherever it fires;
+- topk with rescale_acts_by_decoder_norm: W_eff and b_eff carry the decoder-norm scale, as SAELens applies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from sae_lens import SAE
+
+SUPPORTED_ARCHITECTURES = ("standard", "jumprelu", "topk", "gated")
+# Normalisations that SAELens leaves out at inference; the others rescale each token and break linearity.
+SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
+
+
+@dataclass
+class AttnSAE:
+    sae_id: str  # e.g. "L1"
+    layer: int
+    sae: SAE  # the SAELens object: its own encode is the reference our tests compare against
+    n_heads: int
+    d_head: int
+    source: str  # where it was loaded from, for /v1/info and error messages
+
+    def __post_init__(self) -> None:
+        sae, cfg = self.sae, self.sae.cfg
+        self.architecture: str = cfg.architecture()
+        W_enc = sae.W_enc.detach()  # (d_in, d_sae)
+        if self.architecture == "gated":
+            self.W_eff = W_enc * sae.r_mag.detach().exp()
+            self.b_eff = sae.b_mag.detach().clone()
+            self.b_gate = sae.b_gate.detach()
+        else:
+            self.W_eff = W_enc
+            self.b_eff = sae.b_enc.detach().clone()
+        self.dec_scale = torch.ones(cfg.d_sae, dtype=W_enc.dtype, device=W_enc.device)
+        self.rescaled = bool(getattr(cfg, "rescale_acts_by_decoder_norm", False))
+        if self.rescaled:
+            self.dec_scale = sae.W_dec.detach().norm(dim=-1)  # (d_sae,)
+            self.W_eff = self.W_eff * self.dec_scale
+            self.b_eff = self.b_eff * self.dec_scale
+        self.W_dec = sae.W_dec.detach()  # (d_sae, d_in)
+        self.b_dec_in = sae.b_dec.detach() * float(cfg.apply_b_dec_to_input)  # subtracted from the input
+        self.threshold = sae.threshold.detach() if self.architecture == "jumprelu" else None
+        self.k = int(cfg.k) if self.architecture == "topk" else None
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.attn.hook_z"
+
+    def bias_term(self) -> torch.Tensor:
+        """(d_sae,) the part of the pre-activation that no head contributes: b_eff - b_dec·W_eff."""
+        return self.b_eff - self.b_dec_in @ self.W_eff
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (..., d_in) -> (activations, pre-activations), both (..., d_sae), computed as SAELens does."""
+        x_c = x.to(self.W_eff.dtype) - self.b_dec_in
+        if self.architecture == "gated":
+            pre = x_c @ self.W_eff + self.b_eff
+            gate = (x_c @ self.sae.W_enc + self.b_gate) > 0
+            return pre.relu() * gate, pre
+        pre = x_c @ self.sae.W_enc + self.sae.b_enc
+        if self.rescaled:
+            pre = pre * self.dec_scale
+        if self.architecture == "standard":
+            return pre.relu(), pre
+        if self.architecture == "jumprelu":
+            return pre.relu() * (pre > self.threshold), pre
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, indices, values.relu()), pre
+
+    def decoder_direction(self, feature: int, heads: list[int] | None = None) -> torch.Tensor:
+        """(d_in,) what one unit of this latent adds to hook_z (flattened), optionally only some heads' slices."""
+        direction = self.W_dec[feature] / self.dec_scale[feature]
+        if heads is None:
+            return direction
+        mask = torch.zeros(self.n_heads, self.d_head, dtype=direction.dtype, device=direction.device)
+        mask[heads] = 1.0
+        return direction * mask.flatten()
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        """(..., d_sae) -> (..., d_in), SAELens's decode without hooks."""
+        return (acts / self.dec_scale) @ self.W_dec + self.sae.b_dec.detach()

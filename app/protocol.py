@@ -1,0 +1,153 @@
+"""The worker contract: request and response bodies of the model-backed API (shared/api.md), shared by the worker
+and the web app's worker client; knows nothing of torch, HTTP frameworks or storage."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_TEXT_CHARS = 100_000  # far past any context; longer bodies are refused before tokenising
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+
+class Reply(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+# --- info and tokens ---------------------------------------------------------------------------------------------
+
+
+class ModelInfo(Reply):
+    name: str
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    n_ctx: int
+    d_vocab: int
+    prepends_bos: bool = True
+
+
+class SAEInfo(Reply):
+    id: str
+    layer: int
+    hook_name: str
+    d_sae: int
+    architecture: str
+    source: str = ""
+
+
+class InfoResponse(Reply):
+    model: ModelInfo
+    saes: list[SAEInfo]
+
+
+class TextRequest(Body):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the prompt")
+
+
+class TokenizeResponse(Reply):
+    tokens: list[str]
+    token_ids: list[int]
+
+
+# --- analysis ----------------------------------------------------------------------------------------------------
+
+
+class AnalyzeRequest(TextRequest):
+    layers: list[int] | None = Field(default=None, max_length=256, description="layers to analyse; null: all")
+    top_k: int = Field(default=10, ge=1, le=256, description="features kept per token")
+
+
+class FeatureActivation(Reply):
+    feature: int
+    activation: float
+
+
+class LayerAnalysis(Reply):
+    layer: int
+    sae_id: str
+    top_features: list[list[FeatureActivation]]  # one list per token, largest first
+    l0: list[int]  # active features per token
+
+
+class AnalyzeResponse(TokenizeResponse):
+    layers: list[LayerAnalysis]
+
+
+class FeatureRequest(TextRequest):
+    layer: int = Field(ge=0)
+    feature: int = Field(ge=0)
+
+
+class FeatureTraceResponse(TokenizeResponse):
+    layer: int
+    feature: int
+    activations: list[float]
+    pre_activations: list[float]
+    head_contributions: list[list[float]]  # per token: z_{t,h} · W_enc[h-slice, f]
+    bias_contribution: list[float]  # per token; heads + bias = pre_activation
+
+
+class DFARequest(FeatureRequest):
+    position: int = Field(ge=0, description="destination position, BOS included")
+
+
+class DFAResponse(TokenizeResponse):
+    layer: int
+    feature: int
+    position: int
+    pre_activation: float
+    activation: float
+    contributions: list[list[float]]  # [head][source position]; zero after `position`
+    bias_contribution: float  # sum(contributions) + bias_contribution = pre_activation
+
+
+# --- steering ----------------------------------------------------------------------------------------------------
+
+
+class InterventionSpec(Body):
+    layer: int = Field(ge=0)
+    feature: int = Field(ge=0)
+    mode: Literal["add", "clamp", "ablate"] = "add"
+    value: float = Field(default=0.0, ge=-1e6, le=1e6)
+    heads: list[int] | None = Field(default=None, max_length=1024)
+    positions: list[int] | None = Field(default=None, max_length=100_000)
+
+
+class SteerRequest(TextRequest):
+    max_new_tokens: int = Field(default=32, ge=0, le=1024)
+    temperature: float = Field(default=0.0, ge=0.0, le=10.0)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    top_logprobs: int = Field(default=5, ge=0, le=20)
+    interventions: list[InterventionSpec] = Field(default_factory=list, max_length=64)
+
+
+class TokenLogprob(Reply):
+    token: str
+    logprob: float
+
+
+class GeneratedToken(TokenLogprob):
+    top: list[TokenLogprob]
+
+
+class Continuation(Reply):
+    text: str  # the generated continuation only
+    tokens: list[str]
+    token_ids: list[int]
+    logprobs: list[GeneratedToken]
+
+
+class SteerResponse(Reply):
+    default: Continuation
+    steered: Continuation
+    permalink: str | None = None
+
+
+class ErrorResponse(Reply):
+    detail: str

@@ -1,0 +1,160 @@
+"""The worker's HTTP API: the bodies of shared/api.md, equal to the engine's numbers, and every error case as
+a clear 4xx/503 with a `detail` string, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.engine.engine import Engine
+from app.engine.loading import attach_saes, load_model
+from app.worker.service import create_worker_app
+
+PROMPT = "The quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, sae_dirs) -> Engine:
+    model = load_model(str(tiny_model_dir))
+    return Engine(model, attach_saes(model, [str(p) for p in sae_dirs["topk"]]), "tiny")
+
+
+@pytest.fixture(scope="module")
+def client(engine) -> TestClient:
+    with TestClient(create_worker_app(engine, queue_size=4)) as c:
+        yield c
+
+
+def test_health_and_info(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/v1/info").json()
+    assert info["model"] == {"name": "tiny", "n_layers": 2, "n_heads": 4, "d_head": 16, "d_model": 64, "n_ctx": 96,
+                             "d_vocab": info["model"]["d_vocab"], "prepends_bos": True}
+    assert [(s["id"], s["layer"], s["hook_name"], s["d_sae"], s["architecture"]) for s in info["saes"]] == [
+        ("L0", 0, "blocks.0.attn.hook_z", 128, "topk"), ("L1", 1, "blocks.1.attn.hook_z", 128, "topk")]
+
+
+def test_tokenize(client, engine):
+    body = client.post("/v1/tokenize", json={"text": PROMPT}).json()
+    assert body["tokens"][0] == "<|endoftext|>"
+    assert body["token_ids"] == engine.model.to_tokens(PROMPT)[0].tolist()
+    assert "".join(body["tokens"][1:]) == PROMPT
+
+
+def test_analyze_matches_engine(client, engine):
+    r = client.post("/v1/analyze", json={"text": PROMPT, "layers": [1], "top_k": 3})
+    assert r.status_code == 200
+    body = r.json()
+    assert [layer["layer"] for layer in body["layers"]] == [1]
+    assert body == {**engine.analyze(PROMPT, [1], 3)}
+    assert all(len(row) <= 3 for row in body["layers"][0]["top_features"])
+    assert len(body["layers"][0]["l0"]) == len(body["tokens"])
+    both = client.post("/v1/analyze", json={"text": PROMPT}).json()
+    assert [layer["sae_id"] for layer in both["layers"]] == ["L0", "L1"]
+
+
+def test_feature_trace_and_dfa(client):
+    trace = client.post("/v1/feature-trace", json={"text": PROMPT, "layer": 1, "feature": 5}).json()
+    n = len(trace["tokens"])
+    assert len(trace["activations"]) == len(trace["pre_activations"]) == len(trace["bias_contribution"]) == n
+    assert all(len(h) == 4 for h in trace["head_contributions"])
+    dfa = client.post("/v1/dfa", json={"text": PROMPT, "layer": 1, "feature": 5, "position": n - 1}).json()
+    assert len(dfa["contributions"]) == 4 and all(len(row) == n for row in dfa["contributions"])
+    total = sum(map(sum, dfa["contributions"])) + dfa["bias_contribution"]
+    assert total == pytest.approx(dfa["pre_activation"], rel=1e-4, abs=1e-5)
+    assert dfa["pre_activation"] == pytest.approx(trace["pre_activations"][n - 1], rel=1e-5, abs=1e-6)
+
+
+def test_steer_add_zero_identity_over_http(client):
+    body = {"text": PROMPT, "max_new_tokens": 6, "temperature": 0.7, "seed": 5, "top_logprobs": 2,
+            "interventions": [{"layer": 1, "feature": 17, "mode": "add", "value": 0.0}]}
+    out = client.post("/v1/steer", json=body).json()
+    assert out["default"] == out["steered"]
+    assert len(out["default"]["logprobs"]) == 6
+    assert all(len(e["top"]) == 2 for e in out["default"]["logprobs"])
+    clamp = {**body, "temperature": 0.0, "interventions": [{"layer": 1, "feature": 17, "mode": "clamp", "value": 500}]}
+    out = client.post("/v1/steer", json=clamp).json()
+    assert out["default"]["token_ids"] != out["steered"]["token_ids"]
+
+
+@pytest.mark.parametrize("path,body,status,needle", [
+    ("/v1/analyze", {"text": "fox " * 200}, 413, "context is 96 tokens"),
+    ("/v1/analyze", {"text": ""}, 422, "text"),
+    ("/v1/analyze", {"text": PROMPT, "layers": [7]}, 404, "layers with SAEs: [0, 1]"),
+    ("/v1/analyze", {"text": PROMPT, "top_k": 100000}, 422, "top_k"),
+    ("/v1/analyze", {"text": PROMPT, "top_k": 0}, 422, "top_k"),
+    ("/v1/analyze", {"text": PROMPT, "topk": 3}, 422, "unknown field"),
+    ("/v1/analyze", {"text": 12}, 422, "text"),
+    ("/v1/analyze", {}, 422, "text"),
+    ("/v1/feature-trace", {"text": PROMPT, "layer": 1, "feature": 128}, 404, "features are 0 to 127"),
+    ("/v1/feature-trace", {"text": PROMPT, "layer": 3, "feature": 1}, 404, "no SAE on layer 3"),
+    ("/v1/feature-trace", {"text": PROMPT, "layer": -1, "feature": 1}, 422, "layer"),
+    ("/v1/dfa", {"text": PROMPT, "layer": 1, "feature": 1, "position": 99}, 404, "positions 0 to"),
+    ("/v1/steer", {"text": PROMPT, "max_new_tokens": -1}, 422, "max_new_tokens"),
+    ("/v1/steer", {"text": PROMPT, "temperature": -0.5}, 422, "temperature"),
+    ("/v1/steer", {"text": PROMPT, "top_logprobs": 1000}, 422, "top_logprobs"),
+    ("/v1/steer", {"text": PROMPT, "interventions": [{"layer": 1, "feature": 2, "mode": "boost"}]}, 422, "mode"),
+    ("/v1/steer", {"text": PROMPT, "interventions": [{"layer": 1, "feature": 900}]}, 404, "features are 0 to 127"),
+    ("/v1/steer", {"text": PROMPT, "interventions": [{"layer": 1, "feature": 2, "heads": [9]}]}, 422, "heads 0 to 3"),
+    ("/v1/steer", {"text": PROMPT, "interventions": [{"layer": 1, "feature": 2, "positions": [50]}]}, 422,
+     "prompt positions 0 to"),
+    ("/v1/steer", {"text": PROMPT, "interventions": [{"layer": 1, "feature": 2, "value": 1e300}]}, 422, "value"),
+])
+def test_bad_input_gets_a_clear_4xx(client, path, body, status, needle):
+    r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and needle in detail, detail
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"text": "fox", "interventions": [{"layer": 1, "feature": 2, "value": NaN}]}',
+    b'{"text": "fox", "temperature": Infinity}',
+    b'{"text": "fox", ',
+    b'\xff\xfe',
+])
+def test_non_finite_and_broken_json(client, raw):
+    r = client.post("/v1/steer", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert isinstance(r.json()["detail"], str)
+
+
+def test_oversize_body_is_413(client):
+    r = client.post("/v1/analyze", content=b'{"text": "' + b"a" * (2 << 20) + b'"}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert "larger than" in r.json()["detail"]
+
+
+def test_full_queue_answers_503_with_retry_after(engine):
+    """One request computes, `queue_size` wait, the next is refused at once with Retry-After."""
+    app = create_worker_app(engine, queue_size=1)
+    release = threading.Event()
+    original = engine.analyze
+
+    def slow_analyze(*args, **kwargs):
+        release.wait(10)
+        return original(*args, **kwargs)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as c:
+            held = [asyncio.create_task(c.post("/v1/analyze", json={"text": PROMPT})) for _ in range(2)]
+            await asyncio.sleep(0.2)  # one computing, one waiting
+            refused = await c.post("/v1/analyze", json={"text": PROMPT})
+            release.set()
+            return refused, await asyncio.gather(*held)
+
+    engine.analyze = slow_analyze
+    try:
+        refused, held = asyncio.run(scenario())
+    finally:
+        engine.analyze = original
+    assert refused.status_code == 503
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert "busy" in refused.json()["detail"]
+    assert [r.status_code for r in held] == [200, 200]
