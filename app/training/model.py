@@ -95,6 +95,7 @@ def split_tokens(tokens: np.ndarray, block: int = 65536, every: int = 50) -> tup
 def induction_scores(model: HookedTransformer, bos: int, seq_len: int = 50, batch: int = 16, seed: int = 1):
     """Per (layer, head): attention from each second-half token to the token after its first occurrence
     (TransformerLens's induction score), and the loss on the first and second half of the repeat."""
+    seq_len = min(seq_len, (model.cfg.n_ctx - 1) // 2)
     g = torch.Generator().manual_seed(seed)
     rand = torch.randint(100, model.cfg.d_vocab, (batch, seq_len), generator=g)
     tokens = torch.cat([torch.full((batch, 1), bos), rand, rand], dim=1)  # (B, 1 + 2*seq_len)
