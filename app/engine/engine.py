@@ -46,6 +46,7 @@ class Engine:
         self.saes: dict[int, AttnSAE] = {s.layer: s for s in saes}
         self.device = next(model.parameters()).device
         self.prepend_bos = bool(model.cfg.default_prepend_bos)
+        self._token_str: dict[int, str] = {}
 
     # --- description and tokens -------------------------------------------------------------------------------
 
@@ -60,7 +61,15 @@ class Engine:
         }
 
     def to_str(self, ids: list[int]) -> list[str]:
-        return [self.model.tokenizer.decode([i]) for i in ids]
+        """Each token id as the text it decodes to alone; memoised, the tokenizer is slow one id at a time."""
+        cache, decode = self._token_str, self.model.tokenizer.decode
+        out = []
+        for i in ids:
+            s = cache.get(i)
+            if s is None:
+                s = cache[i] = decode([i])
+            out.append(s)
+        return out
 
     def encode_text(self, text: str) -> torch.Tensor:
         """(1, T) token ids, BOS first when the model prepends one; TooLong past the context."""
@@ -166,7 +175,11 @@ class Engine:
         edits = [self._intervention(i, ids.shape[1]) for i in interventions]
         runs = {}
         for key, chosen in (("default", []), ("steered", edits)):
-            gen = generate(self.model, ids, max_new_tokens, temperature, seed, top_logprobs, self.saes, chosen)
+            try:
+                gen = generate(self.model, ids, max_new_tokens, temperature, seed, top_logprobs, self.saes, chosen)
+            except FloatingPointError as exc:
+                raise Invalid("the interventions drove the model's logits to infinity or NaN: "
+                              "use smaller values") from exc
             toks = self.to_str(gen.token_ids)
             runs[key] = {
                 "text": self.model.tokenizer.decode(gen.token_ids), "tokens": toks, "token_ids": gen.token_ids,

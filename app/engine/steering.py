@@ -83,6 +83,8 @@ def generate(
             if ids.shape[1] >= model.cfg.n_ctx:
                 break
             logits = model.run_with_hooks(ids, fwd_hooks=hooks)[0, -1].float()  # (d_vocab,)
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError("the edited model produced non-finite logits")
             logp = logits.log_softmax(-1)
             if temperature == 0:
                 nxt = int(logits.argmax())

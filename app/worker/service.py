@@ -3,18 +3,18 @@ behind a bounded queue; knows nothing of storage or of how the engine was loaded
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from app import protocol as P
 from app.api_errors import install_error_handlers
 from app.engine.engine import Engine, InputError, NotFound, TooLong
 from app.worker.queue import BoundedQueue, QueueFull
-
-T = TypeVar("T")
 
 ERRORS = {404: {"model": P.ErrorResponse}, 413: {"model": P.ErrorResponse}, 422: {"model": P.ErrorResponse},
           503: {"model": P.ErrorResponse}}
@@ -32,10 +32,18 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 QueueDep = Annotated[BoundedQueue, Depends(get_queue)]
 
 
-async def compute(queue: BoundedQueue, fn: Callable[[], T]) -> T:
+class FastJSON(JSONResponse):
+    """The engine's dicts already have the contract's fields and plain floats: serialise them once, without
+    FastAPI validating a large nested body a second time (the response models still document it)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def compute(queue: BoundedQueue, fn: Callable[[], dict]) -> FastJSON:
     """Run fn on the engine thread; map input errors and a full queue to their HTTP answers."""
     try:
-        return await queue.run(fn)
+        return FastJSON(await queue.run(fn))
     except QueueFull as exc:
         raise HTTPException(503, f"the worker is busy: {queue.pending} requests are queued; retry shortly",
                             headers={"Retry-After": str(exc.retry_after)}) from exc
@@ -70,23 +78,23 @@ def create_worker_app(engine: Engine, queue_size: int = 16) -> FastAPI:
         return engine.info()
 
     @app.post("/v1/tokenize", response_model=P.TokenizeResponse, responses=ERRORS)
-    async def tokenize(body: P.TextRequest, engine: EngineDep, queue: QueueDep) -> dict:
+    async def tokenize(body: P.TextRequest, engine: EngineDep, queue: QueueDep) -> FastJSON:
         return await compute(queue, lambda: engine.tokenize(body.text))
 
     @app.post("/v1/analyze", response_model=P.AnalyzeResponse, responses=ERRORS)
-    async def analyze(body: P.AnalyzeRequest, engine: EngineDep, queue: QueueDep) -> dict:
+    async def analyze(body: P.AnalyzeRequest, engine: EngineDep, queue: QueueDep) -> FastJSON:
         return await compute(queue, lambda: engine.analyze(body.text, body.layers, body.top_k))
 
     @app.post("/v1/feature-trace", response_model=P.FeatureTraceResponse, responses=ERRORS)
-    async def feature_trace(body: P.FeatureRequest, engine: EngineDep, queue: QueueDep) -> dict:
+    async def feature_trace(body: P.FeatureRequest, engine: EngineDep, queue: QueueDep) -> FastJSON:
         return await compute(queue, lambda: engine.feature_trace(body.text, body.layer, body.feature))
 
     @app.post("/v1/dfa", response_model=P.DFAResponse, responses=ERRORS)
-    async def dfa(body: P.DFARequest, engine: EngineDep, queue: QueueDep) -> dict:
+    async def dfa(body: P.DFARequest, engine: EngineDep, queue: QueueDep) -> FastJSON:
         return await compute(queue, lambda: engine.dfa(body.text, body.layer, body.feature, body.position))
 
     @app.post("/v1/steer", response_model=P.SteerResponse, responses=ERRORS)
-    async def steer(body: P.SteerRequest, engine: EngineDep, queue: QueueDep) -> dict:
+    async def steer(body: P.SteerRequest, engine: EngineDep, queue: QueueDep) -> FastJSON:
         edits = [i.model_dump() for i in body.interventions]
         return await compute(queue, lambda: engine.steer(body.text, edits, body.max_new_tokens, body.temperature,
                                                          body.seed, body.top_logprobs))

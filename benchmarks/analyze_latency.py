@@ -1,0 +1,131 @@
+"""Benchmark: /v1/analyze latency (p50, p95), all layers, top-10 per token, for a 64-token prompt and a
+full-context prompt, over HTTP on loopback against a real worker, beside the same result computed the plain
+SAELens way (HookedSAETransformer.run_with_cache_with_saes with the error term, then top-k) in the same run.
+
+    python benchmarks/analyze_latency.py [--model PATH --sae PATH ...] [--threads 2] [--iters 50]
+
+Prints one JSON object. Target (issue 2): our p50 at most half of the SAELens way, and under 30 ms for a 64-token
+prompt on 2 CPU cores with a 2-layer d_model-256 model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+
+import httpx
+import torch
+import uvicorn
+
+from app.config import load_settings
+from app.training.evaluate import dashboard_sequences
+
+
+def percentiles(samples: list[float]) -> dict:
+    s = sorted(samples)
+    return {"p50_ms": round(1000 * statistics.median(s), 2), "p95_ms": round(1000 * s[int(0.95 * (len(s) - 1))], 2),
+            "n": len(s)}
+
+
+def time_calls(fn, iters: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def saelens_way(engine, top_k: int):
+    """The plain SAELens route to the same numbers: a HookedSAETransformer with the same weights, every SAE
+    spliced in with its error term (so downstream layers see the true activations), cache, then top-k."""
+    from sae_lens import HookedSAETransformer
+
+    model = HookedSAETransformer(engine.model.cfg, tokenizer=engine.model.tokenizer)
+    model.load_state_dict(engine.model.state_dict())
+    model.eval()
+    saes = [s.sae for s in engine.saes.values()]
+    for sae in saes:
+        sae.use_error_term = True
+
+    def analyze(text: str) -> list:
+        tokens = model.to_tokens(text)
+        with torch.inference_mode():
+            _, cache = model.run_with_cache_with_saes(tokens, saes=saes)
+        out = []
+        for sae in saes:
+            acts = cache[f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"][0]
+            vals, idx = acts.topk(top_k, dim=-1)
+            out.append((vals.tolist(), idx.tolist(), (acts > 0).sum(-1).tolist()))
+        return out
+
+    return analyze
+
+
+def serve(engine, port: int) -> uvicorn.Server:
+    from app.worker.service import create_worker_app
+
+    server = uvicorn.Server(uvicorn.Config(create_worker_app(engine), host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model")
+    parser.add_argument("--sae", action="append")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from app.cli import _engine_from_settings
+
+    engine = _engine_from_settings(load_settings(model=args.model, saes=args.sae))
+    n_ctx = engine.model.cfg.n_ctx
+    rows = dashboard_sequences(engine, 2)
+    tok = engine.model.tokenizer
+    prompts = {"64_tokens": tok.decode(rows[0, 1:64]), "full_context": tok.decode(rows[1, 1:])}
+    server = serve(engine, args.port)
+    reference = saelens_way(engine, 10)
+    result: dict = {"model": engine.info()["model"], "threads": args.threads, "prompts": {}}
+    with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
+        for name, text in prompts.items():
+            n_tokens = len(engine.tokenize(text)["tokens"])
+            if n_tokens > n_ctx:  # the tokenizer may merge differently on decode-encode: trim to the context
+                text = tok.decode(tok.encode(text, add_special_tokens=False)[: n_ctx - 1])
+                n_tokens = len(engine.tokenize(text)["tokens"])
+
+            def ours(text=text):
+                r = client.post("/v1/analyze", json={"text": text, "top_k": 10})
+                r.raise_for_status()
+                return r.json()
+
+            body = ours()
+            ref = reference(text)
+            for layer, (vals, _idx, l0) in zip(body["layers"], ref, strict=True):  # same result, checked
+                assert layer["l0"] == l0
+                got = [[f["activation"] for f in row] for row in layer["top_features"]]
+                want = [[v for v in row if v > 0] for row in vals]
+                assert all(abs(a - b) < 1e-4 for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True))
+            ours_t = percentiles(time_calls(ours, args.iters))
+            engine_t = percentiles(time_calls(lambda text=text: engine.analyze(text, None, 10), args.iters))
+            ref_t = percentiles(time_calls(lambda text=text: reference(text), args.iters))
+            result["prompts"][name] = {
+                "tokens": n_tokens, "http_v1_analyze": ours_t, "engine_only": engine_t, "saelens_way": ref_t,
+                "ratio_p50_ours_over_saelens": round(ours_t["p50_ms"] / ref_t["p50_ms"], 3),
+            }
+    server.should_exit = True
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
