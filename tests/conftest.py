@@ -87,3 +87,53 @@ def sae_dirs(tmp_path_factory) -> dict[str, list[Path]]:
     """For each architecture, one SAE folder per layer of the tiny model."""
     root = tmp_path_factory.mktemp("saes")
     return {arch: [make_sae(root / f"{arch}-L{layer}", layer, arch) for layer in (0, 1)] for arch in ARCHITECTURES}
+
+
+# --- databases: real Postgres (127.0.0.1:5432, database `test`) and SQLite, schema from the real migrations ---
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def fresh_database(url: str) -> None:
+    """Drop whatever an earlier run left, then build the schema with the real migrations."""
+    from sqlalchemy import text
+
+    from app.store.db import make_engine, upgrade
+
+    if url.startswith("postgresql"):
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        engine.dispose()
+    upgrade(url)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def db_url(request, tmp_path_factory) -> str:
+    url = POSTGRES_URL if request.param == "postgres" else f"sqlite:///{tmp_path_factory.mktemp('db') / 'saex.db'}"
+    fresh_database(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def db_engine(db_url):
+    from app.store.db import make_engine
+
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(db_engine):
+    """A session inside a transaction that is rolled back after the test (commits become savepoints)."""
+    from sqlalchemy.orm import Session
+
+    with db_engine.connect() as conn:
+        outer = conn.begin()
+        s = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield s
+        finally:
+            s.close()
+            outer.rollback()

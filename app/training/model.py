@@ -9,7 +9,6 @@ corpora too); with it, previous-token and induction heads form after ~6M tokens.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ class ModelTrainConfig:
     d_head: int = 32
     n_ctx: int = 256  # training and model context length
     d_vocab: int = 4096  # must match the tokenizer
-    attn_only: bool = False  # with GELU MLPs, like Kissane et al.'s GELU-2L
+    attn_only: bool = True  # no MLPs: with them, no induction heads formed within 6M tokens here
     # data
     repeat_fraction: float = 0.5  # share of sequences holding a repeated real-text span
     min_span: int = 8  # repeated span length range, in tokens
@@ -38,10 +37,11 @@ class ModelTrainConfig:
     # optimisation
     batch_size: int = 16  # sequences per step (4,096 tokens)
     lr: float = 2e-3
-    min_lr: float = 2e-4  # cosine decay floor
+    min_lr: float = 2e-4  # the rate at the end of the final linear decay
     warmup_steps: int = 100
+    decay_fraction: float = 0.2  # warmup, constant lr, then a linear decay over the last 20% of steps
     weight_decay: float = 0.1
-    max_tokens: int = 12_000_000  # stop after this many training tokens
+    max_tokens: int = 10_000_000  # stop after this many training tokens
     grad_clip: float = 1.0
     # bookkeeping
     eval_every: int = 200  # steps between evaluations and checkpoints
@@ -128,10 +128,14 @@ def validation_loss(model: HookedTransformer, val: np.ndarray, cfg: ModelTrainCo
 
 
 def lr_at(step: int, total: int, cfg: ModelTrainConfig) -> float:
+    """Warmup, then constant (circuits such as induction heads form mid-run, at full rate), then linear decay."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+    decay_start = int(total * (1 - cfg.decay_fraction))
+    if step < decay_start:
+        return cfg.lr
+    t = (step - decay_start) / max(1, total - decay_start)
+    return cfg.lr + t * (cfg.min_lr - cfg.lr)
 
 
 def save_model_folder(model: HookedTransformer, tokenizer_path: Path, out: Path) -> None:

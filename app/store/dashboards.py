@@ -1,0 +1,176 @@
+"""Writing and reading feature dashboards: models, SAEs, the token table, features with their examples;
+knows nothing of torch or HTTP. The dashboard builder hands plain Python values to `write_features`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from app.store.models import (
+    DashboardBuild,
+    ExampleRecord,
+    ExplanationRecord,
+    FeatureRecord,
+    ModelRecord,
+    SAERecord,
+    TokenRecord,
+    utcnow,
+)
+from app.store.packing import pack_ids, pack_values, unpack_ids, unpack_values
+
+
+@dataclass
+class ExampleData:
+    kind: str  # "top" or "interval"
+    rank: int
+    token_ids: list[int]
+    activations: list[float]
+    max_position: int
+    dfa: list[float]  # per source token: attribution toward max_position, summed over heads
+    dfa_heads: list[float]  # per head: its total attribution
+    interval: int | None = None
+
+
+@dataclass
+class FeatureDashboard:
+    index: int
+    density: float
+    max_activation: float
+    histogram: dict
+    logit_effects: dict
+    head_attribution: list[float]
+    similar: list[dict]
+    examples: list[ExampleData] = field(default_factory=list)
+
+
+def upsert_model(session: Session, *, slug: str, name: str, source: str, config: dict) -> ModelRecord:
+    record = session.scalar(select(ModelRecord).where(ModelRecord.slug == slug))
+    if record is None:
+        record = ModelRecord(slug=slug, name=name, source=source, config=config)
+        session.add(record)
+    else:
+        record.name, record.source, record.config = name, source, config
+    session.flush()
+    return record
+
+
+def upsert_sae(session: Session, *, model: ModelRecord, slug: str, layer: int, hook_name: str, d_sae: int,
+               architecture: str, source: str, metrics: dict | None = None) -> SAERecord:
+    record = session.scalar(select(SAERecord).where(SAERecord.model_id == model.id, SAERecord.slug == slug))
+    if record is None:
+        record = SAERecord(model_id=model.id, slug=slug, layer=layer, hook_name=hook_name, d_sae=d_sae,
+                           architecture=architecture, source=source, metrics=metrics or {})
+        session.add(record)
+    else:
+        record.layer, record.hook_name, record.d_sae = layer, hook_name, d_sae
+        record.architecture, record.source = architecture, source
+        if metrics is not None:
+            record.metrics = metrics
+    session.flush()
+    return record
+
+
+def put_tokens(session: Session, *, model: ModelRecord, texts: list[str]) -> None:
+    """The whole vocabulary's token texts, written once per model."""
+    have = session.scalar(select(func.count()).select_from(TokenRecord).where(TokenRecord.model_id == model.id))
+    if have == len(texts):
+        return
+    session.execute(delete(TokenRecord).where(TokenRecord.model_id == model.id))
+    rows = [{"model_id": model.id, "token_id": i, "text": t} for i, t in enumerate(texts)]
+    session.execute(insert(TokenRecord), rows)
+
+
+def start_build(session: Session, *, sae: SAERecord, params: dict) -> DashboardBuild:
+    build = DashboardBuild(sae_id=sae.id, status="running", params=params)
+    session.add(build)
+    session.flush()
+    return build
+
+
+def finish_build(session: Session, *, build_id: int, status: str = "done") -> None:
+    build = session.get(DashboardBuild, build_id)
+    build.status, build.finished_at = status, utcnow()
+
+
+def built_features(session: Session, *, sae: SAERecord, build_params: dict | None = None) -> set[int]:
+    """Indices of this SAE's features that have a dashboard (from a build with these params, if given)."""
+    query = select(FeatureRecord.index).where(FeatureRecord.sae_id == sae.id)
+    if build_params is not None:
+        builds = select(DashboardBuild.id).where(DashboardBuild.sae_id == sae.id, DashboardBuild.params == build_params)
+        query = query.where(FeatureRecord.build_id.in_(builds))
+    return set(session.scalars(query))
+
+
+def write_features(session: Session, *, sae: SAERecord, build_id: int | None,
+                   dashboards: list[FeatureDashboard]) -> None:
+    """Replace these features' dashboards; callers run it in one transaction per batch of features, so a killed
+    build leaves every feature either whole or untouched."""
+    if not dashboards:
+        return
+    indices = [d.index for d in dashboards]
+    session.execute(delete(FeatureRecord).where(FeatureRecord.sae_id == sae.id, FeatureRecord.index.in_(indices)))
+    rows = session.execute(
+        insert(FeatureRecord).returning(FeatureRecord.id, FeatureRecord.index, sort_by_parameter_order=True),
+        [{"sae_id": sae.id, "index": d.index, "build_id": build_id, "density": d.density,
+          "max_activation": d.max_activation, "histogram": d.histogram, "logit_effects": d.logit_effects,
+          "head_attribution": d.head_attribution, "similar": d.similar} for d in dashboards],
+    ).all()
+    ids = {index: fid for fid, index in rows}
+    examples = [
+        {"feature_id": ids[d.index], "kind": e.kind, "rank": e.rank, "interval": e.interval,
+         "max_position": e.max_position, "token_ids": pack_ids(e.token_ids), "activations": pack_values(e.activations),
+         "dfa": pack_values(e.dfa), "dfa_heads": pack_values(e.dfa_heads)}
+        for d in dashboards for e in d.examples
+    ]
+    if examples:
+        session.execute(insert(ExampleRecord), examples)
+    if build_id is not None:
+        build = session.get(DashboardBuild, build_id)
+        build.features_written += len(dashboards)
+
+
+def find_sae(session: Session, *, sae_slug: str, model_slug: str | None = None) -> SAERecord | None:
+    query = select(SAERecord).where(SAERecord.slug == sae_slug)
+    if model_slug is not None:
+        query = query.join(ModelRecord).where(ModelRecord.slug == model_slug)
+    return session.scalars(query.order_by(SAERecord.id)).first()
+
+
+def read_dashboard(session: Session, *, sae: SAERecord, feature: int) -> dict | None:
+    """The API body of a feature's dashboard (shared/api.md), or None when none was built."""
+    record = session.scalar(select(FeatureRecord).where(FeatureRecord.sae_id == sae.id, FeatureRecord.index == feature))
+    if record is None:
+        return None
+    examples = session.scalars(select(ExampleRecord).where(ExampleRecord.feature_id == record.id)
+                               .order_by(ExampleRecord.kind, ExampleRecord.rank)).all()
+    unpacked = [(e, unpack_ids(e.token_ids)) for e in examples]
+    needed = {i for _, ids in unpacked for i in ids}
+    texts = dict(session.execute(select(TokenRecord.token_id, TokenRecord.text).where(
+        TokenRecord.model_id == sae.model_id, TokenRecord.token_id.in_(needed))).all()) if needed else {}
+
+    def body(e: ExampleRecord, ids: list[int]) -> dict:
+        out = {"tokens": [texts.get(i, f"<{i}>") for i in ids], "token_ids": ids,
+               "activations": unpack_values(e.activations), "max_position": e.max_position,
+               "dfa": unpack_values(e.dfa), "dfa_heads": unpack_values(e.dfa_heads)}
+        if e.interval is not None:
+            out["interval"] = e.interval
+        return out
+
+    explanations = session.scalars(select(ExplanationRecord).where(
+        ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature == feature).order_by(ExplanationRecord.id)).all()
+    return {
+        "sae_id": sae.slug, "layer": sae.layer, "feature": feature, "density": record.density,
+        "max_activation": record.max_activation, "activation_histogram": record.histogram,
+        "logit_effects": record.logit_effects, "head_attribution": record.head_attribution,
+        "top_examples": [body(e, ids) for e, ids in unpacked if e.kind == "top"],
+        "interval_examples": [body(e, ids) for e, ids in unpacked if e.kind == "interval"],
+        "similar_features": record.similar,
+        "explanations": [explanation_body(x) for x in explanations],
+    }
+
+
+def explanation_body(x: ExplanationRecord) -> dict:
+    return {"id": x.id, "text": x.text, "author": x.author, "source": x.source, "score": x.score,
+            "created_at": x.created_at.isoformat(), "updated_at": x.updated_at.isoformat()}

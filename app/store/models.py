@@ -1,0 +1,172 @@
+"""SQLAlchemy 2 models of the store: models and their SAEs, a shared token table, feature dashboards and their
+examples, explanations, saved results (permalinks), API keys and dashboard builds; knows nothing of torch or HTTP.
+
+Examples keep token ids and per-token numbers as packed little-endian arrays (int32 ids, float16 values): a
+feature's 70 examples fit in a few KB, and the token text comes from the shared `tokens` table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict: JSON, list: JSON}
+
+
+class ModelRecord(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)  # the {model} of URLs, e.g. "demo"
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)  # folder or TransformerLens name it was loaded from
+    config: Mapped[dict]  # n_layers, n_heads, d_head, d_model, n_ctx, d_vocab
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    saes: Mapped[list[SAERecord]] = relationship(back_populates="model", order_by="SAERecord.layer")
+
+
+class SAERecord(Base):
+    __tablename__ = "saes"
+    __table_args__ = (UniqueConstraint("model_id", "slug"), UniqueConstraint("model_id", "layer"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    slug: Mapped[str] = mapped_column(String(64))  # the {sae} of URLs and sae_id of the API, e.g. "L1"
+    layer: Mapped[int]
+    hook_name: Mapped[str] = mapped_column(String(200))
+    d_sae: Mapped[int]
+    architecture: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict] = mapped_column(default=dict)  # fve, l0, ce_recovered, ... when measured
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    model: Mapped[ModelRecord] = relationship(back_populates="saes")
+
+
+class TokenRecord(Base):
+    """The text of each token id of a model's vocabulary, shared by every stored example."""
+
+    __tablename__ = "tokens"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    token_id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class DashboardBuild(Base):
+    __tablename__ = "dashboard_builds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # running, done, failed
+    params: Mapped[dict]  # corpus, tokens, context window, k, ...
+    features_written: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FeatureRecord(Base):
+    __tablename__ = "features"
+    __table_args__ = (UniqueConstraint("sae_id", "index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    index: Mapped[int]
+    build_id: Mapped[int | None] = mapped_column(ForeignKey("dashboard_builds.id", ondelete="SET NULL"))
+    density: Mapped[float] = mapped_column(Float)  # fraction of corpus tokens on which it fires
+    max_activation: Mapped[float] = mapped_column(Float)
+    histogram: Mapped[dict]  # {"bin_edges": [...], "counts": [...]}, nonzero activations
+    logit_effects: Mapped[dict]  # {"top": [{"token", "value"}], "bottom": [...]}
+    head_attribution: Mapped[list]  # one share per head, summing to 1
+    similar: Mapped[list]  # [{"feature", "cosine"}]
+
+    examples: Mapped[list[ExampleRecord]] = relationship(
+        back_populates="feature", cascade="all, delete-orphan", order_by="(ExampleRecord.kind, ExampleRecord.rank)"
+    )
+
+
+class ExampleRecord(Base):
+    __tablename__ = "examples"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "top" or "interval"
+    rank: Mapped[int]  # order within its kind (top: by activation; interval: by interval, then activation)
+    interval: Mapped[int | None]  # 0-9 for interval examples
+    max_position: Mapped[int]  # index in the window of the token whose activation this example shows
+    token_ids: Mapped[bytes] = mapped_column(LargeBinary)  # int32 LE
+    activations: Mapped[bytes] = mapped_column(LargeBinary)  # float16 LE, one per token
+    dfa: Mapped[bytes] = mapped_column(LargeBinary)  # float16 LE: attribution of each source to max_position
+    dfa_heads: Mapped[bytes] = mapped_column(LargeBinary)  # float16 LE: each head's total of that attribution
+
+    feature: Mapped[FeatureRecord] = relationship(back_populates="examples")
+
+
+class ExplanationRecord(Base):
+    __tablename__ = "explanations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    feature: Mapped[int] = mapped_column(index=True)
+    text: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16), default="human")  # human or automatic
+    score: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class SavedResult(Base):
+    """A prompt analysis or steering result behind a permalink (/p/{id}, /s/{id})."""
+
+    __tablename__ = "saved_results"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "analysis" or "steering"
+    model_slug: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class APIKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(12))  # shown in listings; the key itself is never stored
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the whole key
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+__all__ = ["Base", "ModelRecord", "SAERecord", "TokenRecord", "DashboardBuild", "FeatureRecord", "ExampleRecord",
+           "ExplanationRecord", "SavedResult", "APIKey"]

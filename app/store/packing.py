@@ -1,0 +1,24 @@
+"""Packs per-token arrays of stored examples into compact bytes (int32 ids, float16 values, little-endian) and
+back; knows nothing of databases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def pack_ids(ids: Sequence[int]) -> bytes:
+    return np.asarray(ids, dtype="<i4").tobytes()
+
+
+def unpack_ids(data: bytes) -> list[int]:
+    return np.frombuffer(data, dtype="<i4").tolist()
+
+
+def pack_values(values: Sequence[float]) -> bytes:
+    return np.asarray(values, dtype="<f2").tobytes()
+
+
+def unpack_values(data: bytes) -> list[float]:
+    return np.frombuffer(data, dtype="<f2").astype(np.float32).tolist()

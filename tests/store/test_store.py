@@ -1,0 +1,110 @@
+"""The store on real Postgres and on SQLite, with the schema built by the real Alembic migrations."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect
+
+from app.store import explanations, keys, results
+from app.store.dashboards import (
+    ExampleData,
+    FeatureDashboard,
+    find_sae,
+    put_tokens,
+    read_dashboard,
+    start_build,
+    upsert_model,
+    upsert_sae,
+    write_features,
+)
+from app.store.db import current_revision
+
+
+@pytest.fixture
+def sae(session):
+    model = upsert_model(session, slug="demo", name="demo", source="artifacts/demo/model",
+                         config={"n_layers": 2, "n_heads": 8})
+    put_tokens(session, model=model, texts=["<|endoftext|>", "The", " fox", " jumps", " over"])
+    return upsert_sae(session, model=model, slug="L1", layer=1, hook_name="blocks.1.attn.hook_z", d_sae=16,
+                      architecture="topk", source="artifacts/demo/saes/L1", metrics={"fve": 0.9})
+
+
+def dashboard(index: int, scale: float = 1.0) -> FeatureDashboard:
+    ex = [ExampleData(kind="top", rank=r, token_ids=[0, 1, 2, 3], activations=[0.0, 0.5 * scale, 2.25 * scale, 0.0],
+                      max_position=2, dfa=[0.125, 0.5, 1.0, 0.0], dfa_heads=[0.25] * 8) for r in range(3)]
+    ex.append(ExampleData(kind="interval", rank=0, interval=4, token_ids=[4, 1], activations=[1.0, 0.0],
+                          max_position=0, dfa=[0.5, 0.0], dfa_heads=[0.0] * 8))
+    return FeatureDashboard(index=index, density=0.01, max_activation=2.25 * scale,
+                            histogram={"bin_edges": [0, 1, 2, 3], "counts": [5, 2, 1]},
+                            logit_effects={"top": [{"token": " fox", "value": 1.5}], "bottom": []},
+                            head_attribution=[0.125] * 8, similar=[{"feature": 3, "cosine": 0.5}], examples=ex)
+
+
+def test_migrations_built_the_schema(db_engine):
+    assert current_revision(db_engine) == "0001"
+    tables = set(inspect(db_engine).get_table_names())
+    assert {"models", "saes", "tokens", "features", "examples", "explanations", "saved_results", "api_keys",
+            "dashboard_builds"} <= tables
+
+
+def test_dashboard_round_trip(session, sae):
+    build = start_build(session, sae=sae, params={"tokens": 1000})
+    write_features(session, sae=sae, build_id=build.id, dashboards=[dashboard(7), dashboard(9)])
+    body = read_dashboard(session, sae=find_sae(session, sae_slug="L1", model_slug="demo"), feature=7)
+    assert body["max_activation"] == 2.25 and body["density"] == 0.01
+    assert body["activation_histogram"] == {"bin_edges": [0, 1, 2, 3], "counts": [5, 2, 1]}
+    assert len(body["top_examples"]) == 3 and len(body["interval_examples"]) == 1
+    top = body["top_examples"][0]
+    assert top["tokens"] == ["<|endoftext|>", "The", " fox", " jumps"]  # from the shared token table
+    assert top["activations"] == [0.0, 0.5, 2.25, 0.0] and top["max_position"] == 2
+    assert top["dfa"] == [0.125, 0.5, 1.0, 0.0] and top["dfa_heads"] == [0.25] * 8
+    assert body["interval_examples"][0]["interval"] == 4
+    assert body["similar_features"] == [{"feature": 3, "cosine": 0.5}]
+    assert read_dashboard(session, sae=sae, feature=8) is None
+
+
+def test_rewriting_a_feature_replaces_it(session, sae):
+    write_features(session, sae=sae, build_id=None, dashboards=[dashboard(7)])
+    write_features(session, sae=sae, build_id=None, dashboards=[dashboard(7, scale=2.0)])
+    body = read_dashboard(session, sae=sae, feature=7)
+    assert body["max_activation"] == 4.5
+    assert len(body["top_examples"]) == 3  # not 6
+
+
+def test_explanations_crud_and_search(session, sae):
+    a = explanations.create(session, sae=sae, feature=7, text="Induction: predicts the token that followed the "
+                            "previous occurrence", author="alice")
+    explanations.create(session, sae=sae, feature=9, text="Python keywords after a newline", author="bob",
+                        source="automatic", score=0.7)
+    assert [x.text.split(":")[0] for x in explanations.for_feature(session, sae=sae, feature=7)] == ["Induction"]
+    hits = explanations.search(session, q="induction previous")
+    assert [(x.id, s.slug) for x, s in hits] == [(a.id, "L1")]
+    assert [x.feature for x, _ in explanations.search(session, q="python")] == [9]
+    assert explanations.search(session, q="percent%_") == []  # LIKE wildcards are literal
+    explanations.update(session, record=a, text="copies the next token")
+    assert explanations.search(session, q="induction") == []
+    explanations.delete(session, record=a)
+    assert explanations.for_feature(session, sae=sae, feature=7) == []
+
+
+def test_postgres_search_stems_words(session, sae, db_url):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("stemming is Postgres full-text search; SQLite matches substrings")
+    explanations.create(session, sae=sae, feature=1, text="fires on running loops", author="a")
+    assert [x.feature for x, _ in explanations.search(session, q="loop runs")] == [1]
+
+
+def test_api_keys(session):
+    key, record = keys.create_key(session, name="ci")
+    assert key.startswith("saex_") and key not in record.key_hash
+    assert keys.verify(session, key=key).id == record.id
+    assert keys.verify(session, key=key + "x") is None
+    keys.revoke(session, key_id=record.id)
+    assert keys.verify(session, key=key) is None
+
+
+def test_saved_results(session):
+    saved = results.save(session, kind="analysis", model_slug="demo", payload={"text": "fox", "layer": 1})
+    assert results.load(session, result_id=saved.id).payload == {"text": "fox", "layer": 1}
+    assert results.load(session, result_id=saved.id, kind="steering") is None
+    assert results.load(session, result_id="nope") is None
