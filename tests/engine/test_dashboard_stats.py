@@ -1,0 +1,124 @@
+"""The streaming dashboard statistics against brute force over the same activations: top-k, counts, max,
+histogram; DFA of every materialised example sums to its head contributions; a corpus split into shards and
+merged gives exactly the single-pass result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.engine.dashboard_stats import LEFT, NB, FeatureStats
+from app.engine.engine import Engine
+from app.engine.features import capture, flat_z
+from app.engine.loading import attach_saes, load_model
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, sae_dirs) -> Engine:
+    model = load_model(str(tiny_model_dir))
+    return Engine(model, attach_saes(model, [str(p) for p in sae_dirs["topk"]]), "tiny")
+
+
+@pytest.fixture(scope="module")
+def corpus(engine) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, engine.model.cfg.d_vocab, (12, 40), generator=g)
+    ids[:, 0] = 0  # BOS
+    return ids
+
+
+def run(engine: Engine, corpus: torch.Tensor, rows: range, batch: int = 4, stats: FeatureStats | None = None):
+    sae = engine.saes[1]
+    stats = stats or FeatureStats(sae, k=5)
+    T = corpus.shape[1]
+    for start in range(rows.start, rows.stop, batch):
+        ids = corpus[start : min(start + batch, rows.stop)]
+        pos = torch.arange(start * T, start * T + ids.numel()).view(ids.shape)
+        p = "blocks.1.attn."
+        cache = capture(engine.model, ids, [p + "hook_z", p + "hook_pattern", p + "hook_v"])
+        stats.update(ids, pos, cache[p + "hook_z"], cache[p + "hook_pattern"], cache[p + "hook_v"])
+    return stats
+
+
+def all_acts(engine: Engine, corpus: torch.Tensor) -> torch.Tensor:
+    z = capture(engine.model, corpus, ["blocks.1.attn.hook_z"])["blocks.1.attn.hook_z"]
+    acts, _ = engine.saes[1].encode(flat_z(z))
+    acts[:, 0] = 0
+    return acts.reshape(-1, acts.shape[-1])  # (N, F), row = corpus position
+
+
+def test_counts_max_histogram_and_top_k_equal_brute_force(engine, corpus):
+    stats = run(engine, corpus, range(0, 12))
+    acts = all_acts(engine, corpus)
+    assert stats.tokens_seen == 12 * 39
+    assert torch.equal(stats.fire_count, (acts > 0).sum(0))
+    torch.testing.assert_close(stats.max_act, acts.max(0).values)
+    for f in range(0, acts.shape[1], 9):
+        col = acts[:, f]
+        nz = col[col > 0]
+        if nz.numel() == 0:
+            assert stats.hist[f].sum() == 0 and stats.top.position[f].max() == -1
+            continue
+        scale = 2.0 ** stats.log2_scale[f].item()
+        assert nz.max() <= scale < 2 * nz.max() + 1e-6
+        bins = (nz / scale * NB).long().clamp(0, NB - 1)
+        assert torch.equal(stats.hist[f], torch.bincount(bins, minlength=NB)), f
+        vals, rows = col.topk(5)
+        got = stats.top.value[f]
+        live = vals > 0
+        torch.testing.assert_close(got[: int(live.sum())], vals[live])
+        assert stats.top.position[f][: int(live.sum())].tolist() == rows[live].tolist()
+
+
+def test_examples_are_materialised_exactly(engine, corpus):
+    stats = run(engine, corpus, range(0, 12))
+    T = corpus.shape[1]
+    for f in (3, 17, 40):
+        for slot in range(5):
+            pos = int(stats.top.position[f, slot])
+            if pos < 0:
+                continue
+            b, t = divmod(pos, T)
+            text_ids = corpus[b]
+            window = stats.top.token_ids[f, slot]
+            lo = t - LEFT
+            for w, tok in enumerate(window.tolist()):
+                src = lo + w
+                assert tok == (int(text_ids[src]) if 0 <= src < T else -1)
+            d = engine.saes[1]
+            cache = capture(engine.model, text_ids[None], ["blocks.1.attn.hook_z"])["blocks.1.attn.hook_z"][0]
+            heads = torch.einsum("hd,hd->h", cache[t], d.W_eff[:, f].view(d.n_heads, d.d_head))
+            torch.testing.assert_close(stats.top.dfa_heads[f, slot], heads, atol=1e-5, rtol=1e-4)
+            # DFA over the window's sources adds up to the heads' total when the window holds every source
+            if t <= LEFT:
+                torch.testing.assert_close(stats.top.dfa[f, slot].sum(), heads.sum(), atol=1e-4, rtol=1e-4)
+            assert stats.top.acts[f, slot, LEFT] == stats.top.value[f, slot]
+
+
+def test_sharded_merge_equals_single_pass(engine, corpus):
+    whole = run(engine, corpus, range(0, 12))
+    a = run(engine, corpus, range(0, 5), batch=2)
+    b = run(engine, corpus, range(5, 12), batch=3)
+    a.merge(b)
+    assert a.tokens_seen == whole.tokens_seen
+    assert torch.equal(a.fire_count, whole.fire_count)
+    assert torch.equal(a.log2_scale, whole.log2_scale)
+    assert torch.equal(a.hist, whole.hist)
+    assert torch.equal(a.top.position, whole.top.position)
+    torch.testing.assert_close(a.top.value, whole.top.value)
+    assert torch.equal(a.res.position, whole.res.position)
+    torch.testing.assert_close(a.res.dfa, whole.res.dfa)
+
+
+def test_reservoirs_hold_occurrences_of_their_bin(engine, corpus):
+    stats = run(engine, corpus, range(0, 12))
+    acts = all_acts(engine, corpus)
+    F = acts.shape[1]
+    res_pos = stats.res.position.view(F, NB, -1)
+    for f in range(0, F, 11):
+        scale = 2.0 ** stats.log2_scale[f].item()
+        for b in range(NB):
+            filled = res_pos[f, b][res_pos[f, b] >= 0]
+            assert len(filled) == min(2, int(stats.hist[f, b]))
+            for p in filled.tolist():
+                assert int((acts[p, f] / scale * NB).clamp(max=NB - 1)) == b
