@@ -268,3 +268,56 @@ def reservoir_shift(res: Examples, f: torch.Tensor, j: int) -> Examples:
     for dst, src in zip(sub.fields(), merged.fields(), strict=True):
         dst[f] = src
     return sub
+
+
+# --- reading results out, and saving state for a resumable build ------------------------------------------------
+
+def histogram(stats: FeatureStats, f: int) -> dict:
+    """Counts of nonzero activations on the fine bins, up to the last non-empty bin."""
+    counts = stats.hist[f]
+    nonzero = counts.nonzero()
+    last = int(nonzero.max()) + 1 if nonzero.numel() else 0
+    width = 2.0 ** int(stats.log2_scale[f]) / NB
+    return {"bin_edges": [i * width for i in range(last + 1)], "counts": counts[:last].tolist()}
+
+
+def interval_slots(stats: FeatureStats, f: int, n_intervals: int = 10, per: int = 5) -> list[tuple[int, int]]:
+    """(interval, reservoir slot) pairs: up to `per` examples from each of `n_intervals` equal-width intervals of
+    (0, max]. Each fine bin's reservoir is a uniform sample of its occurrences; examples are drawn across bins in
+    proportion to bin counts (weighted sampling by key**(1/weight)), so each interval's sample is close to uniform."""
+    top = float(stats.max_act[f])
+    if top <= 0:
+        return []
+    pos, val, key = stats.res.position[f], stats.res.value[f], stats.res.key[f]
+    filled = pos >= 0
+    bins = torch.arange(NB).repeat_interleave(R)
+    per_bin = torch.zeros(NB).index_add_(0, bins, filled.float())
+    weight = stats.hist[f].float()[bins] / per_bin[bins].clamp_min(1)
+    interval = (val / top * n_intervals).long().clamp(0, n_intervals - 1)
+    priority = key.clamp_min(1e-300).log() / weight.clamp_min(1e-12)  # log(key**(1/w)): larger is chosen first
+    out = []
+    for i in range(n_intervals):
+        slots = (filled & (interval == i)).nonzero(as_tuple=True)[0]
+        chosen = slots[priority[slots].argsort(descending=True)[:per]]
+        chosen = chosen[val[chosen].argsort(descending=True)]
+        out += [(i, int(s)) for s in chosen]
+    return out
+
+
+def state_dict(stats: FeatureStats) -> dict[str, torch.Tensor]:
+    out = {"tokens_seen": torch.tensor(stats.tokens_seen), "fire_count": stats.fire_count, "max_act": stats.max_act,
+           "log2_scale": stats.log2_scale, "hist": stats.hist}
+    for prefix, ex in (("top", stats.top), ("res", stats.res)):
+        for name, t in zip(("value", "key", "position", "token_ids", "acts", "dfa", "dfa_heads"), ex.fields(),
+                           strict=True):
+            out[f"{prefix}.{name}"] = t.contiguous()
+    return out
+
+
+def load_state_dict(stats: FeatureStats, state: dict[str, torch.Tensor]) -> None:
+    stats.tokens_seen = int(state["tokens_seen"])
+    stats.fire_count, stats.max_act = state["fire_count"].clone(), state["max_act"].clone()
+    stats.log2_scale, stats.hist = state["log2_scale"].clone(), state["hist"].clone()
+    for prefix in ("top", "res"):
+        names = ("value", "key", "position", "token_ids", "acts", "dfa", "dfa_heads")
+        setattr(stats, prefix, Examples(*(state[f"{prefix}.{n}"].clone() for n in names)))

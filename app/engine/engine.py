@@ -115,9 +115,12 @@ class Engine:
         return {"tokens": self.to_str(token_ids), "token_ids": token_ids, "layers": out_layers}
 
     def feature_trace(self, text: str, layer: int, feature: int) -> dict:
+        return self.feature_trace_ids(self.encode_text(text), layer, feature)
+
+    def feature_trace_ids(self, ids: torch.Tensor, layer: int, feature: int) -> dict:
+        """The trace of a feature on token ids (1, T) as given (BOS included if wanted)."""
         sae = self.sae(layer)
         self.check_feature(sae, feature)
-        ids = self.encode_text(text)
         z = F.capture(self.model, ids, [sae.hook_name])[sae.hook_name][0]  # (T, head_index, d_head)
         with torch.inference_mode():
             acts, pre = sae.encode(F.flat_z(z))
@@ -151,14 +154,17 @@ class Engine:
 
     # --- weights alone ----------------------------------------------------------------------------------------
 
-    def feature_weights(self, layer: int, feature: int, k: int = 10) -> dict:
+    def feature_weights(self, layer: int, features: list[int], k: int = 10) -> list[dict]:
+        """Per feature, what its weights alone say: head attribution, logit effects, similar features."""
         sae = self.sae(layer)
-        self.check_feature(sae, feature)
-        return {
-            "head_attribution": F.head_attribution(sae, feature),
-            "logit_effects": F.logit_effects(self.model, sae, feature, k, self.to_str),
-            "similar_features": [{"feature": f, "cosine": c} for f, c in F.decoder_similarity(sae, feature, k)],
-        }
+        for f in features:
+            self.check_feature(sae, f)
+        with torch.inference_mode():
+            heads = F.head_attribution(sae, features)
+            logits = F.logit_effects(self.model, sae, features, k, self.to_str)
+            similar = F.decoder_similarity(sae, features, k)
+        return [{"head_attribution": h, "logit_effects": lg, "similar_features": s}
+                for h, lg, s in zip(heads, logits, similar, strict=True)]
 
     # --- steering ---------------------------------------------------------------------------------------------
 

@@ -61,38 +61,41 @@ def dfa(sae: AttnSAE, pattern: torch.Tensor, v: torch.Tensor, feature: int, posi
     return pattern[:, position, :].to(w.dtype) * v_proj
 
 
-def head_attribution(sae: AttnSAE, feature: int) -> list[float]:
-    """Weight-based: ‖W_dec[f, h-slice]‖ / Σ_h' ‖W_dec[f, h'-slice]‖, one share per head."""
-    norms = sae.W_dec[feature].view(sae.n_heads, sae.d_head).norm(dim=-1)  # (head_index,)
-    return (norms / norms.sum().clamp_min(1e-12)).tolist()
+def head_attribution(sae: AttnSAE, features: list[int]) -> list[list[float]]:
+    """Weight-based: ‖W_dec[f, h-slice]‖ / Σ_h' ‖W_dec[f, h'-slice]‖, one share per head, per feature."""
+    norms = sae.W_dec[features].view(len(features), sae.n_heads, sae.d_head).norm(dim=-1)  # (n, head_index)
+    return (norms / norms.sum(-1, keepdim=True).clamp_min(1e-12)).tolist()
 
 
-def residual_direction(model: HookedTransformer, sae: AttnSAE, features: torch.Tensor | int) -> torch.Tensor:
-    """W_dec[f] · W_O with heads flattened: what a unit of the feature writes to the residual stream.
-    features: an index or (n,) indices -> (d_model,) or (n, d_model)."""
+def residual_direction(model: HookedTransformer, sae: AttnSAE, features: list[int]) -> torch.Tensor:
+    """(n, d_model): W_dec[f] · W_O with heads flattened, what a unit of each feature writes to the residual."""
     W_O = model.blocks[sae.layer].attn.W_O  # (head_index, d_head, d_model)
-    W_dec = sae.W_dec[features]  # (..., d_in)
-    return W_dec @ W_O.reshape(-1, W_O.shape[-1]).to(W_dec.dtype)
+    return sae.W_dec[features] @ W_O.reshape(-1, W_O.shape[-1]).to(sae.W_dec.dtype)
 
 
 def logit_effects(
-    model: HookedTransformer, sae: AttnSAE, feature: int, k: int, to_str: Callable[[list[int]], list[str]]
-) -> dict[str, list[dict]]:
-    """The top and bottom k tokens of W_dec[f] · W_O · W_U."""
+    model: HookedTransformer, sae: AttnSAE, features: list[int], k: int, to_str: Callable[[list[int]], list[str]]
+) -> list[dict[str, list[dict]]]:
+    """Per feature, the top and bottom k tokens of W_dec[f] · W_O · W_U."""
     with torch.inference_mode():
-        effect = residual_direction(model, sae, feature) @ model.W_U.to(sae.W_dec.dtype)  # (d_vocab,)
-    top, bottom = effect.topk(k), (-effect).topk(k)
-    top_tokens, bottom_tokens = to_str(top.indices.tolist()), to_str(bottom.indices.tolist())
-    return {
-        "top": [{"token": t, "value": v} for t, v in zip(top_tokens, top.values.tolist(), strict=True)],
-        "bottom": [{"token": t, "value": -v} for t, v in zip(bottom_tokens, bottom.values.tolist(), strict=True)],
-    }
+        effect = residual_direction(model, sae, features) @ model.W_U.to(sae.W_dec.dtype)  # (n, d_vocab)
+        top, bottom = effect.topk(k, dim=-1), (-effect).topk(k, dim=-1)
+    out = []
+    for i in range(len(features)):
+        top_tokens, bottom_tokens = to_str(top.indices[i].tolist()), to_str(bottom.indices[i].tolist())
+        out.append({
+            "top": [{"token": t, "value": v} for t, v in zip(top_tokens, top.values[i].tolist(), strict=True)],
+            "bottom": [{"token": t, "value": -v} for t, v in zip(bottom_tokens, bottom.values[i].tolist(),
+                                                                   strict=True)],
+        })
+    return out
 
 
-def decoder_similarity(sae: AttnSAE, feature: int, k: int) -> list[tuple[int, float]]:
-    """The k features whose decoder directions are nearest to f's by cosine (f itself excluded)."""
-    W = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    cos = W @ W[feature]
-    cos[feature] = -2.0
-    vals, idx = cos.topk(min(k, cos.numel() - 1))
-    return list(zip(idx.tolist(), vals.tolist(), strict=True))
+def decoder_similarity(sae: AttnSAE, features: list[int], k: int) -> list[list[dict]]:
+    """Per feature, the k features whose decoder directions are nearest by cosine (itself excluded)."""
+    W = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (d_sae, d_in)
+    cos = W[features] @ W.T  # (n, d_sae)
+    cos[torch.arange(len(features)), torch.tensor(features)] = -2.0
+    vals, idx = cos.topk(min(k, cos.shape[1] - 1), dim=-1)
+    return [[{"feature": f, "cosine": c} for f, c in zip(i, v, strict=True)]
+            for i, v in zip(idx.tolist(), vals.tolist(), strict=True)]

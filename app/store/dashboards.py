@@ -3,6 +3,8 @@ knows nothing of torch or HTTP. The dashboard builder hands plain Python values 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, insert, select
@@ -31,6 +33,7 @@ class ExampleData:
     dfa: list[float]  # per source token: attribution toward max_position, summed over heads
     dfa_heads: list[float]  # per head: its total attribution
     interval: int | None = None
+    corpus_position: int = -1  # position of the example's token in the build's corpus
 
 
 @dataclass
@@ -78,12 +81,17 @@ def put_tokens(session: Session, *, model: ModelRecord, texts: list[str]) -> Non
     if have == len(texts):
         return
     session.execute(delete(TokenRecord).where(TokenRecord.model_id == model.id))
-    rows = [{"model_id": model.id, "token_id": i, "text": t} for i, t in enumerate(texts)]
+    # Postgres text cannot hold NUL: the byte-level token for 0x00 is stored as its visible symbol
+    rows = [{"model_id": model.id, "token_id": i, "text": t.replace("\x00", "\u2400")} for i, t in enumerate(texts)]
     session.execute(insert(TokenRecord), rows)
 
 
+def params_key(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
 def start_build(session: Session, *, sae: SAERecord, params: dict) -> DashboardBuild:
-    build = DashboardBuild(sae_id=sae.id, status="running", params=params)
+    build = DashboardBuild(sae_id=sae.id, status="running", params=params, params_key=params_key(params))
     session.add(build)
     session.flush()
     return build
@@ -98,7 +106,8 @@ def built_features(session: Session, *, sae: SAERecord, build_params: dict | Non
     """Indices of this SAE's features that have a dashboard (from a build with these params, if given)."""
     query = select(FeatureRecord.index).where(FeatureRecord.sae_id == sae.id)
     if build_params is not None:
-        builds = select(DashboardBuild.id).where(DashboardBuild.sae_id == sae.id, DashboardBuild.params == build_params)
+        builds = select(DashboardBuild.id).where(DashboardBuild.sae_id == sae.id,
+                                                 DashboardBuild.params_key == params_key(build_params))
         query = query.where(FeatureRecord.build_id.in_(builds))
     return set(session.scalars(query))
 
@@ -120,7 +129,8 @@ def write_features(session: Session, *, sae: SAERecord, build_id: int | None,
     ids = {index: fid for fid, index in rows}
     examples = [
         {"feature_id": ids[d.index], "kind": e.kind, "rank": e.rank, "interval": e.interval,
-         "max_position": e.max_position, "token_ids": pack_ids(e.token_ids), "activations": pack_values(e.activations),
+         "max_position": e.max_position, "corpus_position": e.corpus_position, "token_ids": pack_ids(e.token_ids),
+         "activations": pack_values(e.activations),
          "dfa": pack_values(e.dfa), "dfa_heads": pack_values(e.dfa_heads)}
         for d in dashboards for e in d.examples
     ]
@@ -153,6 +163,7 @@ def read_dashboard(session: Session, *, sae: SAERecord, feature: int) -> dict | 
     def body(e: ExampleRecord, ids: list[int]) -> dict:
         out = {"tokens": [texts.get(i, f"<{i}>") for i in ids], "token_ids": ids,
                "activations": unpack_values(e.activations), "max_position": e.max_position,
+               "corpus_position": e.corpus_position,
                "dfa": unpack_values(e.dfa), "dfa_heads": unpack_values(e.dfa_heads)}
         if e.interval is not None:
             out["interval"] = e.interval

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -88,6 +89,7 @@ class DashboardBuild(Base):
     sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16))  # running, done, failed
     params: Mapped[dict]  # corpus, tokens, context window, k, ...
+    params_key: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the params, to find a build's kin
     features_written: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -122,6 +124,7 @@ class ExampleRecord(Base):
     rank: Mapped[int]  # order within its kind (top: by activation; interval: by interval, then activation)
     interval: Mapped[int | None]  # 0-9 for interval examples
     max_position: Mapped[int]  # index in the window of the token whose activation this example shows
+    corpus_position: Mapped[int] = mapped_column(BigInteger)  # that token's position in the build's corpus
     token_ids: Mapped[bytes] = mapped_column(LargeBinary)  # int32 LE
     activations: Mapped[bytes] = mapped_column(LargeBinary)  # float16 LE, one per token
     dfa: Mapped[bytes] = mapped_column(LargeBinary)  # float16 LE: attribution of each source to max_position

@@ -87,6 +87,7 @@ def upgrade() -> None:
         sa.Column("sae_id", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("params", sa.JSON(), nullable=False),
+        sa.Column("params_key", sa.String(length=64), nullable=False),
         sa.Column("features_written", sa.Integer(), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
@@ -96,6 +97,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dashboard_builds")),
     )
     with op.batch_alter_table("dashboard_builds", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_dashboard_builds_params_key"), ["params_key"], unique=False)
         batch_op.create_index(batch_op.f("ix_dashboard_builds_sae_id"), ["sae_id"], unique=False)
 
     op.create_table(
@@ -145,6 +147,7 @@ def upgrade() -> None:
         sa.Column("rank", sa.Integer(), nullable=False),
         sa.Column("interval", sa.Integer(), nullable=True),
         sa.Column("max_position", sa.Integer(), nullable=False),
+        sa.Column("corpus_position", sa.BigInteger(), nullable=False),
         sa.Column("token_ids", sa.LargeBinary(), nullable=False),
         sa.Column("activations", sa.LargeBinary(), nullable=False),
         sa.Column("dfa", sa.LargeBinary(), nullable=False),
@@ -177,6 +180,7 @@ def downgrade() -> None:
     op.drop_table("explanations")
     with op.batch_alter_table("dashboard_builds", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_dashboard_builds_sae_id"))
+        batch_op.drop_index(batch_op.f("ix_dashboard_builds_params_key"))
 
     op.drop_table("dashboard_builds")
     op.drop_table("tokens")

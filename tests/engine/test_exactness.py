@@ -126,7 +126,7 @@ def test_dfa_against_pattern_and_values(engines):
 def test_head_attribution_and_logit_effects(engines):
     engine = engines["topk"]
     sae = engine.saes[1].sae
-    w = engine.feature_weights(1, 5, k=4)
+    [w] = engine.feature_weights(1, [5], k=4)
     norms = sae.W_dec.detach()[5].view(4, 16).norm(dim=-1)
     torch.testing.assert_close(torch.tensor(w["head_attribution"]), norms / norms.sum())
     assert abs(sum(w["head_attribution"]) - 1) < 1e-6

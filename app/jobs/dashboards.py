@@ -1,0 +1,193 @@
+"""The dashboard build job: streams a corpus once through the model with every SAE, keeps the statistics of
+every feature at once, and writes dashboards to the store in one transaction per batch of features.
+
+Resumable at both stages: the pass checkpoints its statistics every few batches (safetensors, atomically), and
+the writing skips features that a build with the same parameters already wrote. Statistics do not depend on batch
+order (reservoir keys hash corpus positions), so a resumed build equals an uninterrupted one, and shards run as
+Ray tasks merge to the local result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from sqlalchemy.orm import Session, sessionmaker
+from tqdm import tqdm
+
+from app.engine.dashboard_stats import (
+    LEFT,
+    FeatureStats,
+    histogram,
+    interval_slots,
+    load_state_dict,
+    state_dict,
+)
+from app.engine.engine import Engine
+from app.engine.features import capture
+from app.store.dashboards import (
+    ExampleData,
+    FeatureDashboard,
+    built_features,
+    finish_build,
+    put_tokens,
+    start_build,
+    upsert_model,
+    upsert_sae,
+    write_features,
+)
+from app.store.db import transaction
+
+
+@dataclass
+class BuildParams:
+    corpus: str  # a name for the corpus, e.g. "stdlib-heldout"
+    tokens: int  # corpus tokens (rows · n_ctx)
+    top_k: int = 20
+    n_intervals: int = 10
+    per_interval: int = 5
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+    def fingerprint(self, model_slug: str) -> str:
+        return hashlib.sha256(json.dumps([model_slug, self.as_dict()], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_pass(engine: Engine, corpus: torch.Tensor, layers: list[int], batch_size: int, top_k: int,
+             rows: range | None = None, checkpoint: Path | None = None, checkpoint_every: int = 20,
+             progress: bool = True, stop_after: int | None = None) -> dict[int, FeatureStats]:
+    """Statistics of every feature of the SAEs on `layers` over corpus rows (BOS first in each row)."""
+    rows = rows or range(corpus.shape[0])
+    T = corpus.shape[1]
+    stats = {layer: FeatureStats(engine.saes[layer], k=top_k) for layer in layers}
+    done_rows = rows.start
+    if checkpoint is not None and checkpoint.exists():
+        state = load_file(checkpoint)
+        done_rows = int(state.pop("done_rows"))
+        for layer in layers:
+            own = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(f"{layer}/")}
+            load_state_dict(stats[layer], own)
+    names = [f"blocks.{layer}.attn.{h}" for layer in layers for h in ("hook_z", "hook_pattern", "hook_v")]
+    bar = tqdm(total=len(rows) * T, initial=(done_rows - rows.start) * T, unit="tok", desc="dashboards: corpus pass",
+               disable=not progress, smoothing=0.1)
+    batches = 0
+    for start in range(done_rows, rows.stop, batch_size):
+        ids = corpus[start : min(start + batch_size, rows.stop)].to(engine.device)
+        positions = torch.arange(start * T, start * T + ids.numel(), device=engine.device).view(ids.shape)
+        cache = capture(engine.model, ids, names)
+        for layer in layers:
+            p = f"blocks.{layer}.attn."
+            stats[layer].update(ids.cpu(), positions.cpu(), cache[p + "hook_z"].cpu(), cache[p + "hook_pattern"].cpu(),
+                                cache[p + "hook_v"].cpu())
+        bar.update(ids.numel())
+        batches += 1
+        done_rows = start + ids.shape[0]
+        if checkpoint is not None and (batches % checkpoint_every == 0 or done_rows >= rows.stop):
+            save_checkpoint(checkpoint, stats, done_rows)
+        if stop_after is not None and batches >= stop_after:  # for tests: a build killed between batches
+            break
+    bar.close()
+    return stats
+
+
+def save_checkpoint(path: Path, stats: dict[int, FeatureStats], done_rows: int) -> None:
+    tensors = {"done_rows": torch.tensor(done_rows)}
+    for layer, s in stats.items():
+        tensors.update({f"{layer}/{k}": v for k, v in state_dict(s).items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, tmp)
+    tmp.replace(path)  # atomic: a kill never leaves half a checkpoint
+
+
+def feature_dashboards(engine: Engine, stats: FeatureStats, features: list[int], params: BuildParams) -> list[
+        FeatureDashboard]:
+    weights = engine.feature_weights(stats.sae.layer, features)
+    out = []
+    for f, w in zip(features, weights, strict=True):
+        examples = []
+        top = stats.top
+        for rank, slot in enumerate(s for s in range(stats.k) if int(top.position[f, s]) >= 0):
+            examples.append(_example(top, f, slot, "top", rank, None))
+        for rank, (interval, slot) in enumerate(interval_slots(stats, f, params.n_intervals, params.per_interval)):
+            examples.append(_example(stats.res, f, slot, "interval", rank, interval))
+        out.append(FeatureDashboard(
+            index=f, density=int(stats.fire_count[f]) / max(1, stats.tokens_seen),
+            max_activation=float(stats.max_act[f]), histogram=histogram(stats, f),
+            logit_effects=w["logit_effects"], head_attribution=w["head_attribution"],
+            similar=w["similar_features"], examples=examples,
+        ))
+    return out
+
+
+def _example(ex, f: int, slot: int, kind: str, rank: int, interval: int | None) -> ExampleData:
+    ids = ex.token_ids[f, slot]
+    keep = ids >= 0  # the window, less what falls outside its sequence
+    first = int(keep.nonzero()[0])
+    return ExampleData(
+        kind=kind, rank=rank, interval=interval, token_ids=ids[keep].tolist(),
+        activations=ex.acts[f, slot][keep].tolist(), max_position=LEFT - first,
+        dfa=ex.dfa[f, slot][keep].tolist(), dfa_heads=ex.dfa_heads[f, slot].tolist(),
+        corpus_position=int(ex.position[f, slot]),
+    )
+
+
+def register(session: Session, engine: Engine, model_slug: str) -> dict[int, object]:
+    info = engine.info()
+    model = upsert_model(session, slug=model_slug, name=info["model"]["name"], source=engine.name,
+                         config=info["model"])
+    put_tokens(session, model=model, texts=engine.to_str(list(range(engine.model.cfg.d_vocab))))
+    return {s["layer"]: upsert_sae(session, model=model, slug=s["id"], layer=s["layer"], hook_name=s["hook_name"],
+                                   d_sae=s["d_sae"], architecture=s["architecture"], source=s["source"])
+            for s in info["saes"]}
+
+
+def build(engine: Engine, factory: sessionmaker[Session], corpus: torch.Tensor, params: BuildParams, *,
+          model_slug: str = "demo", layers: list[int] | None = None, batch_size: int = 8,
+          feature_batch: int = 256, work_dir: Path | None = None, progress: bool = True,
+          pass_fn: Callable[..., dict[int, FeatureStats]] | None = None) -> dict:
+    """Build (or resume) dashboards for every feature of the chosen layers; returns a summary with timings."""
+    layers = sorted(layers if layers is not None else engine.saes)
+    t0 = time.perf_counter()
+    with transaction(factory) as session:
+        saes = register(session, engine, model_slug)
+        todo = {layer: set(range(engine.saes[layer].d_sae)) - built_features(
+            session, sae=saes[layer], build_params=params.as_dict()) for layer in layers}
+    layers = [layer for layer in layers if todo[layer]]
+    summary = {"layers": layers, "tokens": int(corpus.numel()), "features_written": 0}
+    if not layers:
+        summary["seconds"] = time.perf_counter() - t0
+        return summary
+    checkpoint = work_dir / f"{params.fingerprint(model_slug)}.safetensors" if work_dir else None
+    if pass_fn is not None:  # e.g. shards on a Ray cluster
+        stats = pass_fn(engine, corpus, layers, batch_size, params.top_k)
+    else:
+        stats = run_pass(engine, corpus, layers, batch_size, params.top_k, checkpoint=checkpoint, progress=progress)
+    t_pass = time.perf_counter() - t0
+    for layer in layers:
+        with transaction(factory) as session:
+            build_id = start_build(session, sae=session.merge(saes[layer]), params=params.as_dict()).id
+        pending = sorted(todo[layer])
+        bar = tqdm(total=len(pending), unit="feature", desc=f"dashboards: writing L{layer}", disable=not progress)
+        for i in range(0, len(pending), feature_batch):
+            chunk = pending[i : i + feature_batch]
+            dashboards = feature_dashboards(engine, stats[layer], chunk, params)
+            with transaction(factory) as session:  # a batch of features is written whole or not at all
+                write_features(session, sae=session.merge(saes[layer]), build_id=build_id, dashboards=dashboards)
+            summary["features_written"] += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        with transaction(factory) as session:
+            finish_build(session, build_id=build_id)
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()
+    summary.update(seconds=time.perf_counter() - t0, pass_seconds=t_pass,
+                   pass_tokens_per_s=corpus.numel() / max(t_pass, 1e-9))
+    return summary
