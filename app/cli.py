@@ -59,6 +59,72 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from app.store.db import upgrade
+
+    url = load_settings(args.config).resolved_database_url
+    upgrade(url)
+    print(f"saex db: {url.split('@')[-1]} is at the latest migration", file=sys.stderr)
+    return 0
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from app.engine.loading import LoadError
+    from app.jobs.corpus import load_corpus
+    from app.jobs.dashboards import BuildParams, build
+    from app.store.db import make_engine, make_sessionmaker, upgrade
+
+    try:
+        settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device)
+        engine = _engine_from_settings(settings)
+        corpus, name = load_corpus(engine, args.corpus, args.tokens)
+    except (LoadError, ValueError, OSError) as exc:
+        print(f"saex dashboards: {exc}", file=sys.stderr)
+        return 2
+    url = settings.resolved_database_url
+    upgrade(url)
+    layers = args.layers or None
+    if layers and (bad := [x for x in layers if x not in engine.saes]):
+        print(f"saex dashboards: no SAE on layers {bad}; layers with SAEs: {sorted(engine.saes)}", file=sys.stderr)
+        return 2
+    pass_fn = None
+    if args.ray_address or args.ray:
+        from app.jobs.ray_pass import ray_pass
+
+        pass_fn = ray_pass(settings, address=args.ray_address or "auto", shards=args.shards)
+    params = BuildParams(corpus=name, tokens=int(corpus.numel()))
+    db = make_engine(url)
+    summary = build(engine, make_sessionmaker(db), corpus, params, model_slug=args.model_slug, layers=layers,
+                    batch_size=args.batch_size, work_dir=settings.data_dir / "builds", pass_fn=pass_fn)
+    db.dispose()
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app.store import keys
+    from app.store.db import make_engine, make_sessionmaker, transaction, upgrade
+
+    url = load_settings(args.config).resolved_database_url
+    upgrade(url)
+    with transaction(make_sessionmaker(make_engine(url))) as session:
+        if args.action == "create":
+            key, record = keys.create_key(session, name=args.name)
+            print(key)
+            print(f"saex keys: created key {record.id} ({record.prefix}...) for {args.name!r}; it is shown only once",
+                  file=sys.stderr)
+        elif args.action == "revoke":
+            if keys.revoke(session, key_id=args.id) is None:
+                print(f"saex keys: no key {args.id}", file=sys.stderr)
+                return 2
+            print(f"saex keys: revoked key {args.id}", file=sys.stderr)
+        else:
+            for k in keys.list_keys(session):
+                state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "live"
+                print(f"{k.id}\t{k.prefix}...\t{k.name}\t{state}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from app.training import commands
 
@@ -87,6 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(e)
     e.add_argument("--sequences", type=int, default=64)
     e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("db", help="database migrations")
+    d.add_argument("action", choices=["upgrade"])
+    d.add_argument("--config", type=Path)
+    d.set_defaults(func=cmd_db)
+
+    b = sub.add_parser("dashboards", help="build feature dashboards into the store")
+    b.add_argument("action", choices=["build"])
+    model_args(b)
+    b.add_argument("--tokens", type=int, default=262_144, help="corpus tokens to stream through the model")
+    b.add_argument("--corpus", default="stdlib", help="'stdlib' (held-out Python standard library), a .txt file or "
+                   "a .npy array of token ids")
+    b.add_argument("--layers", type=int, nargs="*", help="layers to build (default: all)")
+    b.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    b.add_argument("--model-slug", default="demo", help="the model's name in URLs")
+    b.add_argument("--device", choices=["cpu", "cuda"])
+    b.add_argument("--ray", action="store_true", help="run corpus shards as tasks on the Ray cluster ('auto')")
+    b.add_argument("--ray-address", help="address of an existing Ray cluster")
+    b.add_argument("--shards", type=int, default=4)
+    b.set_defaults(func=cmd_dashboards)
+
+    k = sub.add_parser("keys", help="API keys for writes")
+    k.add_argument("action", choices=["create", "revoke", "list"])
+    k.add_argument("--name", default="key")
+    k.add_argument("--id", type=int)
+    k.add_argument("--config", type=Path)
+    k.set_defaults(func=cmd_keys)
 
     t = sub.add_parser("train", help="build the embedded default: corpus, tokenizer, model, SAEs")
     from app.training.commands import add_train_parsers

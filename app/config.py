@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     threads: int | None = Field(default=None, description="torch threads of the worker; default: torch's choice")
     queue_size: int = Field(default=16, ge=0, description="requests that may wait for the worker before 503")
     worker_urls: list[str] = Field(default_factory=list, description="inference workers the web app uses")
+    model_slug: str = Field(default="demo", description="the served model's name in URLs and in the store")
 
     @property
     def resolved_database_url(self) -> str:

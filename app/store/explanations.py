@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from app.store.models import ExplanationRecord, SAERecord, utcnow
+from app.store.models import ExplanationRecord, ModelRecord, SAERecord, utcnow
 
 MAX_TEXT = 2000
 
@@ -40,13 +40,16 @@ def for_feature(session: Session, *, sae: SAERecord, feature: int) -> list[Expla
         ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature == feature).order_by(ExplanationRecord.id)))
 
 
-def search(session: Session, *, q: str, limit: int = 50) -> list[tuple[ExplanationRecord, SAERecord]]:
+def search(session: Session, *, q: str, limit: int = 50,
+           model_slug: str | None = None) -> list[tuple[ExplanationRecord, SAERecord]]:
     """Best matches first. Postgres: websearch syntax ("quoted phrases", -exclusions, or) ranked by ts_rank;
     SQLite: explanations containing every word, newest first."""
     q = q.strip()
     if not q:
         return []
     base = select(ExplanationRecord, SAERecord).join(SAERecord, SAERecord.id == ExplanationRecord.sae_id)
+    if model_slug is not None:
+        base = base.join(ModelRecord, ModelRecord.id == SAERecord.model_id).where(ModelRecord.slug == model_slug)
     if session.get_bind().dialect.name == "postgresql":
         vector = func.to_tsvector("english", ExplanationRecord.text)
         query = func.websearch_to_tsquery("english", q)

@@ -6,22 +6,14 @@ from __future__ import annotations
 import torch
 
 from app.engine.engine import Engine
+from app.jobs.corpus import pack
 from app.training.corpus import dashboard_documents
 from app.training.model import induction_scores, previous_token_scores
 
 
-def dashboard_sequences(engine: Engine, n_sequences: int, seq_len: int | None = None) -> torch.Tensor:
-    """(n, seq_len) token ids from the held-out corpus, packed in order, each row starting with BOS."""
-    model = engine.model
-    seq_len = seq_len or model.cfg.n_ctx
-    bos = model.tokenizer.bos_token_id
-    stream: list[int] = []
-    for doc in dashboard_documents():
-        stream += model.tokenizer.encode(doc, add_special_tokens=False) + [bos]
-        if len(stream) >= n_sequences * (seq_len - 1):
-            break
-    body = torch.tensor(stream[: n_sequences * (seq_len - 1)]).view(n_sequences, seq_len - 1)
-    return torch.cat([torch.full((n_sequences, 1), bos), body], dim=1)
+def dashboard_sequences(engine: Engine, n_sequences: int) -> torch.Tensor:
+    """(n, n_ctx) token ids from the held-out corpus, packed in order, each row starting with BOS."""
+    return pack(engine, dashboard_documents(), n_sequences * engine.model.cfg.n_ctx)
 
 
 def evaluate_engine(engine: Engine, n_sequences: int = 64, batch: int = 16) -> dict:
