@@ -20,7 +20,7 @@ install-dev: install
 	$(BIN)/pip install --quiet -e '.[dev]'
 
 run: install
-	$(BIN)/saex worker --port $(PORT)
+	$(BIN)/saex serve --port $(PORT)
 
 worker: run
 

@@ -46,6 +46,50 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.engine.loading import LoadError
+    from app.store.db import upgrade
+    from app.web.app import create_web_app
+
+    try:
+        settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device,
+                                 worker_urls=args.worker_url, queue_size=args.queue_size, threads=args.threads)
+        upgrade(settings.resolved_database_url)
+        worker_app = None
+        if not settings.worker_urls:  # the embedded default: an in-process worker, dashboards built on first run
+            from app.worker.service import create_worker_app
+
+            engine = _engine_from_settings(settings)
+            if args.dashboard_tokens > 0:
+                _ensure_dashboards(engine, settings, args.dashboard_tokens)
+            worker_app = create_worker_app(engine, settings.queue_size)
+        app = create_web_app(settings, worker_app)
+    except (LoadError, ValueError) as exc:
+        print(f"saex serve: {exc}", file=sys.stderr)
+        return 2
+    print(f"saex serve: http://{args.host}:{args.port}/", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=True)
+    return 0
+
+
+def _ensure_dashboards(engine, settings, tokens: int) -> None:
+    """Build whatever dashboards are missing (nothing, once they exist) over the held-out corpus."""
+    from app.jobs.corpus import load_corpus
+    from app.jobs.dashboards import BuildParams, build
+    from app.store.db import make_engine, make_sessionmaker
+
+    corpus, name = load_corpus(engine, "stdlib", tokens)
+    db = make_engine(settings.resolved_database_url)
+    summary = build(engine, make_sessionmaker(db), corpus, BuildParams(corpus=name, tokens=int(corpus.numel())),
+                    model_slug=settings.model_slug, work_dir=settings.data_dir / "builds")
+    db.dispose()
+    if summary["features_written"]:
+        print(f"saex serve: built {summary['features_written']} feature dashboards in {summary['seconds']:.0f} s",
+              file=sys.stderr)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from app.engine.loading import LoadError
     from app.training.evaluate import evaluate_engine
@@ -148,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=int, help="torch threads")
     w.add_argument("--queue-size", type=int, help="requests that may wait before the worker answers 503")
     w.set_defaults(func=cmd_worker)
+
+    v = sub.add_parser("serve", help="the web app (with an in-process worker unless --worker-url is given)")
+    model_args(v)
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--worker-url", action="append", help="an inference worker (repeat to spread load over several)")
+    v.add_argument("--device", choices=["cpu", "cuda"])
+    v.add_argument("--threads", type=int, help="torch threads of the in-process worker")
+    v.add_argument("--queue-size", type=int)
+    v.add_argument("--dashboard-tokens", type=int, default=131_072,
+                   help="corpus tokens for dashboards built on first run (0: build none)")
+    v.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("eval", help="reconstruction metrics of each SAE on the dashboard corpus")
     model_args(e)

@@ -27,7 +27,7 @@ class ModelTrainConfig:
     d_model: int = 256
     n_heads: int = 8
     d_head: int = 32
-    n_ctx: int = 256  # training and model context length
+    n_ctx: int = 128  # training and model context length
     d_vocab: int = 4096  # must match the tokenizer
     attn_only: bool = True  # no MLPs: with them, no induction heads formed within 6M tokens here
     # data
@@ -35,14 +35,14 @@ class ModelTrainConfig:
     min_span: int = 8  # repeated span length range, in tokens
     max_span: int = 64
     # optimisation
-    batch_size: int = 16  # sequences per step (4,096 tokens)
+    batch_size: int = 32  # sequences per step (4,096 tokens)
     lr: float = 2e-3
     min_lr: float = 2e-4  # the rate at the end of the final linear decay
     warmup_steps: int = 100
     decay_fraction: float = 0.2  # warmup, constant lr, then a linear decay over the last 20% of steps
-    weight_decay: float = 0.1
-    max_tokens: int = 10_000_000  # stop after this many training tokens
-    grad_clip: float = 1.0
+    weight_decay: float = 0.01  # AdamW's default
+    max_tokens: int = 9_000_000  # stop after this many training tokens
+    grad_clip: float = 0.0  # 0: no clipping
     # bookkeeping
     eval_every: int = 200  # steps between evaluations and checkpoints
     eval_batches: int = 8
@@ -161,7 +161,7 @@ def train_model(cfg: ModelTrainConfig, tokens_path: Path, tokenizer_path: Path, 
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
+        lr=cfg.lr,
     )
     total_steps = cfg.max_tokens // (cfg.batch_size * cfg.n_ctx)
     step, history = 0, []
@@ -182,7 +182,8 @@ def train_model(cfg: ModelTrainConfig, tokens_path: Path, tokenizer_path: Path, 
         loss = model(batches(), return_type="loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
         tok_s = (step - bar.initial) * cfg.batch_size * cfg.n_ctx / (time.time() - t0)

@@ -35,7 +35,8 @@ def built(tiny_model_dir, sae_dirs, db_url, db_engine):
 
 @pytest.fixture(scope="module")
 def client(built):
-    with TestClient(create_web_app(Settings(database_url=built["url"], model_slug=built["slug"]))) as c:
+    settings = Settings(database_url=built["url"], model_slug=built["slug"], worker_urls=["http://127.0.0.1:9"])
+    with TestClient(create_web_app(settings)) as c:
         yield c
 
 

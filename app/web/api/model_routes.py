@@ -1,0 +1,66 @@
+"""Model-backed endpoints of the public API (shared/api.md) under /api/v1: validated here with the worker
+contract's models, answered by a worker; steering results are saved for their permalink."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from app import protocol as P
+from app.store import results
+from app.web.deps import SessionDep, SettingsDep
+from app.web.worker_client import WorkerClient, WorkerError, WorkerUnavailable
+
+router = APIRouter(prefix="/api/v1", tags=["model"])
+ERRORS = {404: {"model": P.ErrorResponse}, 413: {"model": P.ErrorResponse}, 422: {"model": P.ErrorResponse},
+          503: {"model": P.ErrorResponse}}
+
+
+def get_worker(request: Request) -> WorkerClient:
+    return request.app.state.worker
+
+
+WorkerDep = Annotated[WorkerClient, Depends(get_worker)]
+
+
+async def ask(worker: WorkerClient, method: str, path: str, body: dict | None = None) -> dict:
+    try:
+        return await worker.request(method, path, body)
+    except WorkerError as exc:
+        raise HTTPException(exc.status, exc.detail, headers=exc.headers or None) from exc
+    except WorkerUnavailable as exc:
+        raise HTTPException(503, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from exc
+
+
+@router.get("/info", response_model=P.InfoResponse, responses=ERRORS)
+async def info(worker: WorkerDep) -> dict:
+    return await ask(worker, "GET", "/v1/info")
+
+
+@router.post("/tokenize", response_model=P.TokenizeResponse, responses=ERRORS)
+async def tokenize(body: P.TextRequest, worker: WorkerDep) -> dict:
+    return await ask(worker, "POST", "/v1/tokenize", body.model_dump())
+
+
+@router.post("/analyze", response_model=P.AnalyzeResponse, responses=ERRORS)
+async def analyze(body: P.AnalyzeRequest, worker: WorkerDep) -> dict:
+    return await ask(worker, "POST", "/v1/analyze", body.model_dump())
+
+
+@router.post("/feature-trace", response_model=P.FeatureTraceResponse, responses=ERRORS)
+async def feature_trace(body: P.FeatureRequest, worker: WorkerDep) -> dict:
+    return await ask(worker, "POST", "/v1/feature-trace", body.model_dump())
+
+
+@router.post("/dfa", response_model=P.DFAResponse, responses=ERRORS)
+async def dfa(body: P.DFARequest, worker: WorkerDep) -> dict:
+    return await ask(worker, "POST", "/v1/dfa", body.model_dump())
+
+
+@router.post("/steer", response_model=P.SteerResponse, responses=ERRORS)
+async def steer(body: P.SteerRequest, worker: WorkerDep, session: SessionDep, settings: SettingsDep) -> dict:
+    out = await ask(worker, "POST", "/v1/steer", body.model_dump())
+    saved = results.save(session, kind="steering", model_slug=settings.model_slug,
+                         payload={"request": body.model_dump(), "result": out})
+    return {**out, "permalink": f"/s/{saved.id}"}

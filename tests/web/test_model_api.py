@@ -1,0 +1,103 @@
+"""The model-backed public API through the web app: an in-process worker (the embedded default's shape) and
+HTTP workers spread round-robin with failover; an unreachable worker is a clear 503 with Retry-After."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.engine.engine import Engine
+from app.engine.loading import attach_saes, load_model
+from app.web.app import create_web_app
+from app.worker.service import create_worker_app
+
+PROMPT = "The quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def worker_app(tiny_model_dir, sae_dirs):
+    model = load_model(str(tiny_model_dir))
+    return create_worker_app(Engine(model, attach_saes(model, [str(p) for p in sae_dirs["topk"]]), "tiny"))
+
+
+@pytest.fixture(scope="module")
+def web(worker_app, tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('webdb') / 'w.db'}"
+    from app.store.db import upgrade
+
+    upgrade(url)
+    with TestClient(create_web_app(Settings(database_url=url), worker_app)) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_info_analyze_and_dfa_through_the_web(web, worker_app):
+    info = web.get("/api/v1/info").json()
+    assert info["model"]["name"] == "tiny" and len(info["saes"]) == 2
+    body = web.post("/api/v1/analyze", json={"text": PROMPT, "top_k": 3}).json()
+    direct = TestClient(worker_app).post("/v1/analyze", json={"text": PROMPT, "top_k": 3}).json()
+    assert body == direct
+    d = web.post("/api/v1/dfa", json={"text": PROMPT, "layer": 1, "feature": 2, "position": 3}).json()
+    assert len(d["contributions"]) == 4
+
+
+def test_worker_errors_pass_through(web):
+    r = web.post("/api/v1/feature-trace", json={"text": PROMPT, "layer": 1, "feature": 999})
+    assert r.status_code == 404 and "features are 0 to 127" in r.json()["detail"]
+    r = web.post("/api/v1/analyze", json={"text": "fox " * 300})
+    assert r.status_code == 413
+    r = web.post("/api/v1/analyze", json={"text": PROMPT, "top_k": 0})
+    assert r.status_code == 422  # refused by the web app itself
+
+
+def test_steer_saves_a_permalink(web):
+    r = web.post("/api/v1/steer", json={"text": PROMPT, "max_new_tokens": 4,
+                                        "interventions": [{"layer": 1, "feature": 3, "mode": "add", "value": 0}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["permalink"].startswith("/s/") and body["default"] == body["steered"]
+
+
+def test_unreachable_worker_is_503(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    from app.store.db import upgrade
+
+    upgrade(url)
+    settings = Settings(database_url=url, worker_urls=[f"http://127.0.0.1:{free_port()}"])
+    with TestClient(create_web_app(settings)) as c:
+        r = c.post("/api/v1/analyze", json={"text": PROMPT})
+    assert r.status_code == 503
+    assert "no inference worker is reachable" in r.json()["detail"] and r.headers["Retry-After"]
+
+
+def test_failover_to_a_live_worker(worker_app, tmp_path):
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(worker_app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"sqlite:///{tmp_path / 'y.db'}"
+    from app.store.db import upgrade
+
+    upgrade(url)
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(database_url=url, worker_urls=[dead, f"http://127.0.0.1:{port}"])
+    try:
+        with TestClient(create_web_app(settings)) as c:
+            codes = [c.post("/api/v1/tokenize", json={"text": PROMPT}).status_code for _ in range(6)]
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    assert codes == [200] * 6
