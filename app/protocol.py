@@ -61,11 +61,14 @@ class TokenizeResponse(Reply):
 class AnalyzeRequest(TextRequest):
     layers: list[int] | None = Field(default=None, max_length=256, description="layers to analyse; null: all")
     top_k: int = Field(default=10, ge=1, le=256, description="features kept per token")
+    head_contributions: bool = Field(default=False, description="also give each listed feature's per-head "
+                                     "contributions z_{t,h} · W_enc[h-slice, f] as `heads`")
 
 
 class FeatureActivation(Reply):
     feature: int
     activation: float
+    heads: list[float] | None = None  # only when head_contributions was asked for
 
 
 class LayerAnalysis(Reply):

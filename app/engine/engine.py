@@ -96,7 +96,8 @@ class Engine:
 
     # --- prompt analysis --------------------------------------------------------------------------------------
 
-    def analyze(self, text: str, layers: list[int] | None = None, top_k: int = 10) -> dict:
+    def analyze(self, text: str, layers: list[int] | None = None, top_k: int = 10,
+                head_contributions: bool = False) -> dict:
         if not 1 <= top_k <= MAX_TOP_K:
             raise Invalid(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
         saes = [self.sae(layer) for layer in (sorted(set(layers)) if layers else sorted(self.saes))]
@@ -105,12 +106,17 @@ class Engine:
         out_layers = []
         with torch.inference_mode():
             for sae in saes:
-                acts, _ = sae.encode(F.flat_z(zs[sae.hook_name][0]))  # (T, d_sae)
+                z = zs[sae.hook_name][0]  # (T, head_index, d_head)
+                acts, _ = sae.encode(F.flat_z(z))  # (T, d_sae)
                 rows, l0 = F.top_features(acts, top_k)
-                out_layers.append({
-                    "layer": sae.layer, "sae_id": sae.sae_id, "l0": l0,
-                    "top_features": [[{"feature": f, "activation": a} for f, a in row] for row in rows],
-                })
+                listed = [[{"feature": f, "activation": a} for f, a in row] for row in rows]
+                if head_contributions:
+                    for t, row in enumerate(listed):
+                        if row:
+                            heads = F.token_head_contributions(sae, z[t], [e["feature"] for e in row]).tolist()
+                            for entry, h in zip(row, heads, strict=True):
+                                entry["heads"] = h
+                out_layers.append({"layer": sae.layer, "sae_id": sae.sae_id, "l0": l0, "top_features": listed})
         token_ids = ids[0].tolist()
         return {"tokens": self.to_str(token_ids), "token_ids": token_ids, "layers": out_layers}
 

@@ -48,6 +48,12 @@ def head_contributions(sae: AttnSAE, z: torch.Tensor, feature: int) -> torch.Ten
     return torch.einsum("thd,hd->th", z.to(w.dtype), w)
 
 
+def token_head_contributions(sae: AttnSAE, z_t: torch.Tensor, features: list[int]) -> torch.Tensor:
+    """z_t (head_index, d_head) at one token -> (n_features, head_index): z_{t,h} · W_eff[h-slice, f]."""
+    w = sae.W_eff[:, features].T.reshape(len(features), sae.n_heads, sae.d_head)  # (n, head_index, d_head)
+    return torch.einsum("hd,nhd->nh", z_t.to(w.dtype), w)
+
+
 def dfa(sae: AttnSAE, pattern: torch.Tensor, v: torch.Tensor, feature: int, position: int) -> torch.Tensor:
     """Direct feature attribution at destination `position`.
 

@@ -168,7 +168,9 @@ def train_model(cfg: ModelTrainConfig, tokens_path: Path, tokenizer_path: Path, 
     ckpt_path = run_dir / "ckpt.pt"
     if ckpt_path.exists():  # resume: the checkpoint carries the arguments that rebuilt it
         ckpt = torch.load(ckpt_path, weights_only=False)
-        if ckpt["config"] != asdict(cfg):
+        schedule = ("max_tokens", "decay_fraction", "eval_every", "threads")  # may change on resume: how long to go
+        if {k: v for k, v in ckpt["config"].items() if k not in schedule} != {
+                k: v for k, v in asdict(cfg).items() if k not in schedule}:
             raise ValueError(f"{ckpt_path} was written with another config; delete it or pass the same arguments")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

@@ -83,7 +83,7 @@ def create_worker_app(engine: Engine, queue_size: int = 16) -> FastAPI:
 
     @app.post("/v1/analyze", response_model=P.AnalyzeResponse, responses=ERRORS)
     async def analyze(body: P.AnalyzeRequest, engine: EngineDep, queue: QueueDep) -> FastJSON:
-        return await compute(queue, lambda: engine.analyze(body.text, body.layers, body.top_k))
+        return await compute(queue, lambda: engine.analyze(body.text, body.layers, body.top_k, body.head_contributions))
 
     @app.post("/v1/feature-trace", response_model=P.FeatureTraceResponse, responses=ERRORS)
     async def feature_trace(body: P.FeatureRequest, engine: EngineDep, queue: QueueDep) -> FastJSON:

@@ -166,3 +166,12 @@ def test_reconstruction_metrics_against_saelens_forward(engines):
         with torch.no_grad():
             spliced = model.run_with_hooks(ids, return_type="loss", fwd_hooks=[(f"blocks.{layer}.attn.hook_z", splice)])
         assert metrics[layer]["ce_spliced"] == pytest.approx(float(spliced), rel=1e-5)
+
+
+def test_analyze_head_contributions_equal_the_trace(engines):
+    engine = engines["jumprelu"]
+    out = engine.analyze(PROMPT, [1], top_k=4, head_contributions=True)
+    for t, row in enumerate(out["layers"][0]["top_features"]):
+        for entry in row:
+            trace = engine.feature_trace(PROMPT, 1, entry["feature"])
+            assert entry["heads"] == pytest.approx(trace["head_contributions"][t], rel=1e-5, abs=1e-6)

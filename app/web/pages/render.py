@@ -1,0 +1,45 @@
+"""Rendering pages: the same URL answers a full page, or only its `#page` fragment when HTMX asks (HX-Request),
+so every view is a link that opens the same thing; knows nothing of torch or the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+
+FRONTEND = Path(__file__).resolve().parents[3] / "frontend"
+templates = Jinja2Templates(directory=str(FRONTEND / "templates"))
+
+
+def show_token(token: str) -> str:
+    """A token as visible text: newlines and tabs as symbols, spaces kept (escaping is the template's job)."""
+    return token.replace("\n", "↵").replace("\t", "→").replace("\x00", "␀") or "∅"
+
+
+def figure_json(fig: dict) -> Markup:
+    """A figure dict as JSON safe inside a <script type="application/json"> block."""
+    text = json.dumps(fig, allow_nan=False).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(text)
+
+
+def heat(value: float, peak: float) -> str:
+    """A background colour for a token: blue for positive, red for negative, alpha by |value| / peak."""
+    if not peak or not value:
+        return "transparent"
+    a = min(1.0, abs(value) / peak) * 0.85
+    return f"rgba(47,111,222,{a:.3f})" if value > 0 else f"rgba(209,73,91,{a:.3f})"
+
+
+templates.env.filters["tok"] = show_token
+templates.env.filters["figure"] = figure_json
+templates.env.globals["heat"] = heat
+
+
+def render(request: Request, template: str, context: dict, status_code: int = 200) -> HTMLResponse:
+    """Full page (base layout) or, for HTMX, the page body only; the template reads `fragment`."""
+    fragment = request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true"
+    return templates.TemplateResponse(request, template, {**context, "fragment": fragment}, status_code=status_code)
