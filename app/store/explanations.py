@@ -63,3 +63,13 @@ def search(session: Session, *, q: str, limit: int = 50,
 
 def _escape_like(word: str) -> str:
     return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def first_text(session: Session, *, sae: SAERecord, features: set[int]) -> dict[int, str]:
+    """For each of these features that has explanations, the most recent one's text."""
+    if not features:
+        return {}
+    rows = session.execute(select(ExplanationRecord.feature, ExplanationRecord.text).where(
+        ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature.in_(features))
+        .order_by(ExplanationRecord.updated_at, ExplanationRecord.id)).all()
+    return {f: text for f, text in rows}  # later rows (newer) win

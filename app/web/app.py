@@ -5,13 +5,22 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from app.api_errors import install_error_handlers
 from app.config import Settings
 from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
+from app.web.pages import explorer, feature_pages
+from app.web.pages.render import FRONTEND, render
+from app.web.services import NotFound
 from app.web.worker_client import WorkerClient
+
+# browser libraries installed from the npm registry by `npm ci --prefix frontend`, served by the app (no CDN)
+VENDOR = {"htmx.min.js": FRONTEND / "node_modules" / "htmx.org" / "dist" / "htmx.min.js",
+          "plotly.min.js": FRONTEND / "node_modules" / "plotly.js-dist-min" / "plotly.min.js"}
 
 
 def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
@@ -37,8 +46,31 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.state.sessions = make_sessionmaker(db)
     app.state.worker = worker
     install_error_handlers(app)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": str(exc)}, status_code=404)
+        return render(request, "error.html", {"message": str(exc), "model_slug": settings.model_slug},
+                      status_code=404)
+
     app.include_router(model_routes.router)
     app.include_router(store_routes.router)
+    for path in VENDOR.values():
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: install the browser libraries with `npm ci --prefix frontend` "
+                             "(make run does)")
+
+    @app.get("/static/vendor/{name}", include_in_schema=False)
+    def vendor(name: str) -> FileResponse:
+        if name not in VENDOR:
+            raise HTTPException(404, f"no vendored file {name!r}")
+        return FileResponse(VENDOR[name], media_type="text/javascript",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+    app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
+    app.include_router(explorer.router)
+    app.include_router(feature_pages.router)
 
     @app.get("/health")
     def health() -> dict:

@@ -1,0 +1,64 @@
+"""Feature pages (/{model}/{sae}/{feature}, the permalink people share): the dashboard from the store with its
+charts and examples, explanations with an edit form, similar features, previous/next, and a box to test the
+feature on one's own text (which opens the explorer coloured by it)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Path, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.orm import Session
+
+from app.store import keys
+from app.store.explanations import MAX_TEXT
+from app.web import figures, services
+from app.web.deps import SessionDep, SettingsDep
+from app.web.pages.render import render
+
+router = APIRouter(include_in_schema=False)
+Feature = Annotated[int, Path(ge=0, le=2**31 - 1)]
+
+
+def feature_context(session: Session, model_slug: str, sae_id: str, feature: int) -> dict:
+    sae = services.sae_or_404(session, sae_id=sae_id, model_slug=model_slug)
+    services.check_feature(sae, feature)
+    ctx = {"model_slug": model_slug, "sae_id": sae.slug, "layer": sae.layer, "feature": feature, "d_sae": sae.d_sae,
+           "prev": feature - 1 if feature > 0 else None, "next": feature + 1 if feature + 1 < sae.d_sae else None}
+    try:
+        d = services.feature_dashboard(session, model_slug=model_slug, sae_id=sae_id, feature=feature)
+    except services.NotFound as exc:
+        return {**ctx, "dashboard": None, "missing": str(exc), "explanations": services.list_explanations(
+            session, model_slug=model_slug, sae_id=sae_id, feature=feature)}
+    return {**ctx, "dashboard": d, "explanations": d["explanations"],
+            "histogram_figure": figures.activation_histogram(d["activation_histogram"]),
+            "logit_figure": figures.logit_effects(d["logit_effects"]),
+            "heads_figure": figures.head_bars(d["head_attribution"], "Head attribution (decoder weight share)",
+                                              "share")}
+
+
+@router.get("/{model}/{sae_id}/{feature}", response_class=HTMLResponse)
+def feature_page(request: Request, model: str, sae_id: str, feature: Feature, session: SessionDep,
+                 settings: SettingsDep) -> Response:
+    if model != settings.model_slug:
+        raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    return render(request, "feature.html", feature_context(session, model, sae_id, feature))
+
+
+@router.post("/{model}/{sae_id}/{feature}/explanations", response_class=HTMLResponse)
+def add_explanation_form(request: Request, model: str, sae_id: str, feature: Feature, session: SessionDep,
+                         settings: SettingsDep, text: Annotated[str, Form(min_length=1, max_length=MAX_TEXT)],
+                         api_key: Annotated[str, Form(max_length=200)] = "") -> Response:
+    """The feature page's explanation form: needs an API key (typed into the form, never stored in the page)."""
+    if model != settings.model_slug:
+        raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    record = keys.verify(session, key=api_key.strip())
+    ctx = feature_context(session, model, sae_id, feature)
+    if record is None:
+        ctx["form_error"] = "That API key is unknown or revoked: ask an admin for one (saex keys create)."
+        ctx["draft"] = text
+        return render(request, "explanations.html", {**ctx, "fragment": True}, status_code=403)
+    services.add_explanation(session, model_slug=model, sae_id=sae_id, feature=feature, text=text,
+                             author=record.name)
+    ctx["explanations"] = services.list_explanations(session, model_slug=model, sae_id=sae_id, feature=feature)
+    return render(request, "explanations.html", ctx)

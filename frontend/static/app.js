@@ -1,0 +1,20 @@
+// SAE Explorer's own script: draws the Plotly figures that pages embed as JSON, on load and after every HTMX swap.
+(function () {
+  function draw(root) {
+    root.querySelectorAll(".plot > script[type='application/json']").forEach(function (block) {
+      var box = block.parentElement;
+      if (box.dataset.drawn) return;
+      var fig = JSON.parse(block.textContent);
+      var dark = window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
+      fig.layout.font = Object.assign({}, fig.layout.font || {}, { color: dark ? "#e6e6e6" : "#222" });
+      box.dataset.drawn = "1";
+      if (window.Plotly) {
+        Plotly.newPlot(box, fig.data, fig.layout, { responsive: true, displaylogo: false });
+      }
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    draw(document);
+    if (window.htmx) htmx.onLoad(draw);
+  });
+})();

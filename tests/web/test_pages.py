@@ -1,0 +1,98 @@
+"""Pages: the same URL answers a full page or, with HX-Request, the fragment; state lives in the URL; saved
+analyses get a permalink; tokens and user text are escaped, never markup; worker trouble is a clear message."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.engine.engine import Engine
+from app.engine.loading import attach_saes, load_model
+from app.jobs import dashboards as job
+from app.store import keys
+from app.store.db import make_engine, make_sessionmaker, transaction, upgrade
+from app.web.app import create_web_app
+from app.worker.service import create_worker_app
+
+XSS = '<img src=x onerror=alert(1)> <script>alert(2)</script>'
+
+
+@pytest.fixture(scope="module")
+def site(tiny_model_dir, sae_dirs, tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('pages') / 'p.db'}"
+    upgrade(url)
+    model = load_model(str(tiny_model_dir))
+    engine = Engine(model, attach_saes(model, [str(p) for p in sae_dirs["standard"]]), "tiny")
+    corpus = torch.randint(1, model.cfg.d_vocab, (6, 40), generator=torch.Generator().manual_seed(3))
+    corpus[:, 0] = 0
+    db = make_engine(url)
+    job.build(engine, make_sessionmaker(db), corpus, job.BuildParams(corpus="r", tokens=240), batch_size=3,
+              progress=False)
+    with transaction(make_sessionmaker(db)) as s:
+        key, _ = keys.create_key(s, name="alice")
+    db.dispose()
+    with TestClient(create_web_app(Settings(database_url=url), create_worker_app(engine))) as c:
+        yield c, key
+
+
+def test_explorer_full_page_and_fragment(site):
+    c, _ = site
+    full = c.get("/", params={"text": "The quick brown fox", "layer": 1})
+    assert full.status_code == 200 and full.text.lstrip().startswith("<!doctype html>")
+    assert 'src="/static/vendor/htmx.min.js"' in full.text
+    frag = c.get("/", params={"text": "The quick brown fox", "layer": 1}, headers={"HX-Request": "true"})
+    assert "<html" not in frag.text and 'class="tokens"' in frag.text
+    tokens = c.post("/api/v1/tokenize", json={"text": "The quick brown fox"}).json()["tokens"]
+    assert len(re.findall(r'class="tok[" ]', frag.text)) == len(tokens)
+
+
+def test_token_feature_and_dfa_state_in_the_url(site):
+    c, _ = site
+    page = c.get("/", params={"text": "The quick brown fox", "layer": 1, "pos": 3})
+    feature = int(re.search(r"feature=(\d+)&amp;pos=3", page.text).group(1))
+    page = c.get("/", params={"text": "The quick brown fox", "layer": 1, "feature": feature, "pos": 3})
+    assert "DFA of feature" in page.text and 'type="application/json"' in page.text
+    assert f"/demo/L1/{feature}" in page.text
+
+
+def test_save_and_permalink(site):
+    c, _ = site
+    r = c.post("/p", data={"text": "The quick brown fox", "layer": 1, "pos": 2}, follow_redirects=False)
+    assert r.status_code == 303
+    link = r.headers["location"]
+    page = c.get(link)
+    assert page.status_code == 200 and "Permalink" in page.text and 'class="tok sel"' in page.text
+    assert c.get("/p/unknown").status_code == 404
+
+
+def test_prompts_are_escaped(site):
+    c, _ = site
+    page = c.get("/", params={"text": XSS, "layer": 0, "pos": 1})
+    assert "<script>alert" not in page.text and "<img src=x" not in page.text
+    assert "&lt;script&gt;" in page.text or "&lt;" in page.text
+
+
+def test_feature_page_and_explanation_form(site):
+    c, key = site
+    page = c.get("/demo/L1/5")
+    assert page.status_code == 200 and "Top activations" in page.text and "Feature 5" in page.text
+    assert page.text.count('type="application/json"') == 3  # histogram, heads, logits
+    assert c.get("/demo/L1/5", headers={"HX-Request": "true"}).text.lstrip().startswith("<nav")
+    bad = c.post("/demo/L1/5/explanations", data={"text": "fires on foxes", "api_key": "saex_nope"})
+    assert bad.status_code == 403 and "unknown or revoked" in bad.text
+    ok = c.post("/demo/L1/5/explanations", data={"text": "fires on <b>foxes</b>", "api_key": key})
+    assert ok.status_code == 200 and "fires on &lt;b&gt;foxes&lt;/b&gt;" in ok.text
+    assert c.get("/demo/L9/5").status_code == 404
+    assert "not &#39;gpt2&#39;" in c.get("/gpt2/L1/5").text  # escaped like any user input
+
+
+def test_vendored_libraries_are_served(site):
+    c, _ = site
+    r = c.get("/static/vendor/plotly.min.js")
+    assert r.status_code == 200 and len(r.content) > 1_000_000
+    assert c.get("/static/vendor/jquery.js").status_code == 404
+    assert c.get("/static/app.css").status_code == 200
