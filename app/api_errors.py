@@ -15,7 +15,7 @@ log = logging.getLogger("saex")
 MAX_BODY_BYTES = 1 << 20
 
 
-def _where(loc: tuple) -> str:
+def field_path(loc: tuple) -> str:
     parts = [str(p) for p in loc if p != "body"]
     return ".".join(parts) or "body"
 
@@ -27,9 +27,9 @@ def describe_validation_error(exc: RequestValidationError) -> str:
         if err.get("type") == "json_invalid":
             msgs.append("the body is not valid JSON")
         elif err.get("type") == "extra_forbidden":
-            msgs.append(f"{_where(err.get('loc', ()))}: unknown field (check its spelling against the API)")
+            msgs.append(f"{field_path(err.get('loc', ()))}: unknown field (check its spelling against the API)")
         else:
-            msgs.append(f"{_where(err.get('loc', ()))}: {msg}")
+            msgs.append(f"{field_path(err.get('loc', ()))}: {msg}")
     return "; ".join(msgs)
 
 

@@ -96,3 +96,22 @@ def test_vendored_libraries_are_served(site):
     assert r.status_code == 200 and len(r.content) > 1_000_000
     assert c.get("/static/vendor/jquery.js").status_code == 404
     assert c.get("/static/app.css").status_code == 200
+
+
+def test_steering_page_and_permalink(site):
+    c, _ = site
+    form = c.get("/demo/steer", params={"layer": 1, "feature": 7})
+    assert form.status_code == 200 and 'name="feature" type="number" min="0" value="7"' in form.text
+    data = {"text": "The quick brown fox", "max_new_tokens": 5, "temperature": 0, "seed": 0,
+            "layer": ["1", ""], "feature": ["7", ""], "mode": ["clamp", "add"], "value": ["40", ""],
+            "heads": ["0, 2", ""], "positions": ["", ""]}
+    r = c.post("/demo/steer", data=data, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    page = c.get(r.headers["location"])
+    assert page.status_code == 200 and "Default" in page.text and "Steered" in page.text
+    assert 'value="0, 2"' in page.text  # the form is refilled from the saved request
+    bad = c.post("/demo/steer", data={**data, "heads": ["zero", ""]})
+    assert bad.status_code == 422 and "heads must be whole numbers" in bad.text
+    bad = c.post("/demo/steer", data={**data, "feature": ["100000", ""]})
+    assert bad.status_code == 404 and "features are 0 to 127" in bad.text
+    assert c.get("/s/nope").status_code == 404
