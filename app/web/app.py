@@ -13,7 +13,7 @@ from app.api_errors import install_error_handlers
 from app.config import Settings
 from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
-from app.web.pages import explorer, feature_pages, steering
+from app.web.pages import discover, explorer, feature_pages, steering
 from app.web.pages.render import FRONTEND, render
 from app.web.services import NotFound
 from app.web.worker_client import WorkerClient
@@ -71,6 +71,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     app.include_router(explorer.router)
     app.include_router(steering.router)  # before feature pages: /{model}/steer is not /{model}/{sae}/{feature}
+    app.include_router(discover.router)
     app.include_router(feature_pages.router)
 
     @app.get("/health")

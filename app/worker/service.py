@@ -77,6 +77,11 @@ def create_worker_app(engine: Engine, queue_size: int = 16) -> FastAPI:
     async def info(engine: EngineDep) -> dict:
         return engine.info()
 
+    @app.get("/v1/head-scores")
+    async def head_scores(engine: EngineDep, queue: QueueDep) -> FastJSON:
+        """Per layer and head: induction and previous-token scores on repeated random tokens."""
+        return await compute(queue, engine.head_scores)
+
     @app.post("/v1/tokenize", response_model=P.TokenizeResponse, responses=ERRORS)
     async def tokenize(body: P.TextRequest, engine: EngineDep, queue: QueueDep) -> FastJSON:
         return await compute(queue, lambda: engine.tokenize(body.text))

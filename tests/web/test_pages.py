@@ -115,3 +115,22 @@ def test_steering_page_and_permalink(site):
     bad = c.post("/demo/steer", data={**data, "feature": ["100000", ""]})
     assert bad.status_code == 404 and "features are 0 to 127" in bad.text
     assert c.get("/s/nope").status_code == 404
+
+
+def test_search_pages(site):
+    c, key = site
+    c.post("/api/v1/saes/L0/features/9/explanations", json={"text": "quick brown things"},
+           headers={"X-API-Key": key})
+    page = c.get("/search", params={"q": "brown"})
+    assert "/demo/L0/9" in page.text
+    page = c.get("/search", params={"text": "The quick brown fox"})
+    assert page.status_code == 200 and "Features firing on the text" in page.text
+    assert re.search(r"/demo/L[01]/\d+", page.text)
+
+
+def test_head_page(site):
+    c, _ = site
+    page = c.get("/demo/heads/1/2")
+    assert page.status_code == 200 and "induction score" in page.text and "previous-token score" in page.text
+    assert re.search(r'href="/demo/L1/\d+"', page.text)
+    assert c.get("/demo/heads/1/9").status_code == 404
