@@ -5,28 +5,34 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: run test install install-dev lint worker
+.PHONY: run test install install-dev browser lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# torch first and pinned, so that no resolver ever swaps in another build of it
+# torch first and pinned, so that no resolver ever swaps in another build of it;
+# htmx and Plotly from the npm registry, pinned by frontend/package-lock.json, served by the app (no CDN)
 install: $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[engine]'
+	npm ci --prefix frontend --no-audit --no-fund --loglevel=error
 
 install-dev: install
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[engine,dev]'
+
+# Debian's Chromium for the browser tests (Playwright's own browser download cannot work offline)
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; fi; }
 
 run: install
 	$(BIN)/saex serve --port $(PORT)
 
-worker: run
-
 lint: install-dev
-	$(BIN)/ruff check app tests benchmarks
+	$(BIN)/ruff check app tests benchmarks migrations
 
-test: install-dev
-	$(BIN)/ruff check app tests benchmarks
+test: install-dev browser
+	$(BIN)/ruff check app tests benchmarks migrations
 	$(BIN)/python -m pytest -q

@@ -49,7 +49,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.engine.loading import LoadError
     from app.store.db import upgrade
     from app.web.app import create_web_app
 
@@ -66,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 _ensure_dashboards(engine, settings, args.dashboard_tokens)
             worker_app = create_worker_app(engine, settings.queue_size)
         app = create_web_app(settings, worker_app)
-    except (LoadError, ValueError) as exc:
+    except ValueError as exc:  # bad settings, or a model/SAE that cannot be served (LoadError is a ValueError)
         print(f"saex serve: {exc}", file=sys.stderr)
         return 2
     print(f"saex serve: http://{args.host}:{args.port}/", file=sys.stderr)

@@ -58,3 +58,22 @@ def test_the_checker_sees_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    import torch.nn as nn\n    from sae_lens import SAE\n")
     assert {"torch.nn", "sae_lens"} <= imported_modules(bad)
+
+
+def test_web_only_serve_imports_no_torch(tmp_path):
+    """`saex serve --worker-url ...` (the web container, which has no torch) builds its app without torch."""
+    code = f"""
+import sys
+from app.cli import build_parser
+from app.config import load_settings
+from app.store.db import upgrade
+from app.web.app import create_web_app
+settings = load_settings(database_url="sqlite:///{tmp_path / 'w.db'}", worker_urls=["http://127.0.0.1:9"])
+upgrade(settings.resolved_database_url)
+create_web_app(settings)
+build_parser()
+print('torch' in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=APP.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -1,0 +1,125 @@
+"""End to end in a real browser (Playwright driving Debian's /usr/bin/chromium) against a real server on loopback,
+on the demo model with dashboards built: type a prompt, see its tokens, click a token and a feature, see the DFA,
+follow to the feature page with its histogram and examples, open its permalink in a fresh browser context, steer,
+and check that a prompt full of markup renders as text and runs nothing."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from app.config import DEMO_DIR, Settings
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (DEMO_DIR / "model" / "model.safetensors").exists(), reason="demo model not trained"),
+]
+XSS = '<img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script>'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The embedded default as `saex serve` runs it: in-process worker, dashboards built into SQLite."""
+    from app.cli import _engine_from_settings, _ensure_dashboards
+    from app.store.db import upgrade
+    from app.web.app import create_web_app
+    from app.worker.service import create_worker_app
+
+    data = tmp_path_factory.mktemp("e2e")
+    settings = Settings(data_dir=data, threads=1)
+    upgrade(settings.resolved_database_url)
+    engine = _engine_from_settings(settings)
+    _ensure_dashboards(engine, settings, tokens=8192)
+    port = free_port()
+    app = create_web_app(settings, create_worker_app(engine))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def test_explore_click_feature_page_permalink(server, browser, tmp_path):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(server + "/")
+    page.fill("#text", "Mr and Mrs Dursley, of number four, Privet Drive. Mr and Mrs Dursley")
+    page.click("button[type=submit]")
+    page.wait_for_selector(".tokens .tok")
+    assert page.locator(".tokens .tok").count() > 10
+    assert "text=" in page.url  # the state is in the URL
+    page.locator(".tokens .tok").nth(-1).click()  # the last token: the repeated ' Dursley'
+    page.wait_for_selector("table.features a")
+    page.locator("table.features td a").first.click()  # its strongest feature
+    page.wait_for_selector("text=DFA of feature")
+    page.wait_for_selector(".plot .main-svg")  # Plotly drew the DFA heatmap
+    page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
+    page.locator("table.features tr.on a.more").click()
+    page.wait_for_selector("h1:has-text('Feature')")
+    title = page.locator("h1").inner_text()
+    page.wait_for_selector(".plot .main-svg")  # histogram and other charts
+    assert page.locator(".examples .ex").count() > 0
+    permalink = page.url
+    assert re.search(r"/demo/L\d+/\d+$", permalink)
+    fresh = browser.new_context().new_page()
+    fresh.goto(permalink)
+    assert fresh.locator("h1").inner_text() == title
+    fresh.context.close()
+    ctx.close()
+
+
+def test_steer_shows_two_continuations(server, browser):
+    page = browser.new_context().new_page()
+    page.goto(server + "/demo/steer?layer=1&feature=3")
+    page.fill("#text", "def main():\n    ")
+    page.fill("input[name=value] >> nth=0", "30")
+    page.click("button[type=submit]")
+    page.wait_for_selector("h2:has-text('Steered')")
+    assert "/s/" in page.url
+    assert page.locator(".side-by-side .panel").count() == 2
+    page.context.close()
+
+
+def test_markup_in_prompts_is_text(server, browser):
+    page = browser.new_context().new_page()
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(server + "/")
+    page.fill("#text", XSS)
+    page.click("button[type=submit]")
+    page.wait_for_selector(".tokens .tok")
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator(".tokens img, .tokens script").count() == 0
+    assert "<script>" in page.locator(".tokens").inner_text().replace("↵", "")
+    assert dialogs == []
+    page.context.close()
