@@ -26,6 +26,12 @@ def add_train_parsers(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--vocab-size", type=int, default=4096)
     t.add_argument("--smoke", action="store_true")
 
+    h = sub.add_parser("heldout", help="write the shipped held-out sample (validation text, permissive licences)")
+    h.add_argument("--corpus", type=Path, default=BUILD / "corpus")
+    h.add_argument("--tokens", type=Path, default=BUILD / "tokens.npy")
+    h.add_argument("--tokenizer", type=Path, default=BUILD / "tokenizer.json")
+    h.add_argument("--out", type=Path, default=DEMO_DIR / "heldout.txt.gz")
+
     m = sub.add_parser("model", help="train the demo model (resumes from --run-dir)")
     m.add_argument("--tokens", type=Path, default=BUILD / "tokens.npy")
     m.add_argument("--tokenizer", type=Path, default=BUILD / "tokenizer.json")
@@ -46,7 +52,8 @@ def add_train_parsers(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"corpus": _corpus, "tokenizer": _tokenizer, "model": _model, "saes": _saes}[args.step](args)
+    steps = {"corpus": _corpus, "tokenizer": _tokenizer, "heldout": _heldout, "model": _model, "saes": _saes}
+    return steps[args.step](args)
 
 
 def _corpus(args: argparse.Namespace) -> int:
@@ -75,6 +82,16 @@ def _tokenizer(args: argparse.Namespace) -> int:
     tok.save(str(args.out / "tokenizer.json"))
     n = encode_corpus(tok, args.corpus, args.out / "tokens.npy")
     print(json.dumps({"vocab_size": tok.get_vocab_size(), "tokens": n}))
+    return 0
+
+
+def _heldout(args: argparse.Namespace) -> int:
+    from tokenizers import Tokenizer
+
+    from app.training.tokenizer import write_heldout_sample
+
+    manifest = write_heldout_sample(Tokenizer.from_file(str(args.tokenizer)), args.corpus, args.tokens, args.out)
+    print(json.dumps({k: v for k, v in manifest.items() if k != "blocks"}))
     return 0
 
 

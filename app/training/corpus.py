@@ -225,6 +225,16 @@ def corpus_documents(corpus_dir: Path) -> Iterator[str]:
         yield from read_documents(path)
 
 
-def dashboard_documents() -> list[str]:
-    """The held-out dashboard corpus: stdlib files never seen in training, present on any machine with Python."""
-    return list(stdlib_documents(held_out=True))
+def dashboard_documents(sample: Path | None = None) -> list[str]:
+    """The held-out dashboard corpus, never seen in training: the standard-library files held out of it (on any
+    machine with Python) interleaved with the shipped sample of validation text (Python documentation and
+    standard library, PSF licence; see artifacts/demo/heldout.json). About 0.55M tokens."""
+    import itertools
+
+    from app.config import DEMO_DIR
+
+    sample = sample or DEMO_DIR / "heldout.txt.gz"
+    code = list(stdlib_documents(held_out=True))
+    prose = gzip.open(sample, "rt", encoding="utf-8").read().split(DOC_SEPARATOR) if sample.exists() else []
+    mixed = itertools.chain.from_iterable(itertools.zip_longest(code, prose))
+    return [d for d in mixed if d is not None]

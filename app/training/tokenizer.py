@@ -43,3 +43,39 @@ def encode_corpus(tok: Tokenizer, corpus_dir: Path, out_path: Path, batch: int =
     tokens = np.concatenate(parts)
     np.save(out_path, tokens)
     return int(tokens.size)
+
+
+PERMISSIVE = {"python_doc": "PSF-2.0", "python_stdlib": "PSF-2.0", "sqlite_doc": "public domain",
+              "postgresql_doc": "PostgreSQL"}
+
+
+def write_heldout_sample(tok: Tokenizer, corpus_dir: Path, tokens_path: Path, out: Path, every: int = 50,
+                         block: int = 65536) -> dict:
+    """The validation blocks of the token file (never trained on; see model.split_tokens) that fall wholly in a
+    permissively licensed source, decoded back to text: a held-out sample that can ship with the project."""
+    import gzip
+    import json
+
+    from app.training.corpus import DOC_SEPARATOR, read_documents
+
+    tokens = np.load(tokens_path, mmap_mode="r")
+    bounds, start = {}, 0
+    for path in sorted(corpus_dir.glob("*.txt")):  # the order encode_corpus wrote them in
+        n = sum(len(e.ids) + 1 for e in tok.encode_batch(read_documents(path)))
+        bounds[path.stem] = (start, start + n)
+        start += n
+    docs, manifest = [], {"blocks": [], "licences": {}}
+    for i in range(0, len(tokens) // block, every):
+        lo, hi = i * block, (i + 1) * block
+        source = next((s for s, (a, b) in bounds.items() if a <= lo and hi <= b), None)
+        if source in PERMISSIVE:
+            text = tok.decode(np.asarray(tokens[lo:hi]).tolist(), skip_special_tokens=False)
+            docs += [d for d in text.replace("\x1e", " ").split("<|endoftext|>") if len(d) > 200]
+            manifest["blocks"].append({"block": i, "source": source})
+            manifest["licences"][source] = PERMISSIVE[source]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(out, "wt", encoding="utf-8", compresslevel=9) as f:
+        f.write(DOC_SEPARATOR.join(docs))
+    manifest.update(documents=len(docs), characters=sum(map(len, docs)))
+    out.with_suffix("").with_suffix(".json").write_text(json.dumps(manifest, indent=2))
+    return manifest
