@@ -18,6 +18,10 @@ from app.web.pages.render import FRONTEND, render
 from app.web.services import NotFound
 from app.web.worker_client import WorkerClient
 
+# Only the app's own scripts run; styles may be inline (token colours, Plotly's and htmx's own style elements)
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
 # browser libraries installed from the npm registry by `npm ci --prefix frontend`, served by the app (no CDN)
 VENDOR = {"htmx.min.js": FRONTEND / "node_modules" / "htmx.org" / "dist" / "htmx.min.js",
           "plotly.min.js": FRONTEND / "node_modules" / "plotly.js-dist-min" / "plotly.min.js"}
@@ -46,6 +50,15 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.state.sessions = make_sessionmaker(db)
     app.state.worker = worker
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound):

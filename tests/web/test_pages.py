@@ -134,3 +134,12 @@ def test_head_page(site):
     assert page.status_code == 200 and "induction score" in page.text and "previous-token score" in page.text
     assert re.search(r'href="/demo/L1/\d+"', page.text)
     assert c.get("/demo/heads/1/9").status_code == 404
+
+
+def test_security_headers(site):
+    c, _ = site
+    for path in ("/", "/api/v1/info", "/demo/L1/5"):
+        h = c.get(path).headers
+        csp = h["Content-Security-Policy"]
+        assert "script-src 'self';" in csp and "unsafe-eval" not in csp
+        assert h["X-Content-Type-Options"] == "nosniff" and h["X-Frame-Options"] == "DENY"
