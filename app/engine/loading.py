@@ -9,8 +9,10 @@ its files in the local Hugging Face cache; or Kissane et al.'s files (`{run}.pt`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import sys
 import re
 from pathlib import Path
 
@@ -36,7 +38,8 @@ def load_model(spec: str, device: str = "cpu") -> HookedTransformer:
     if spec.startswith((".", "/")) or path.suffix:
         raise LoadError(f"model folder {spec!r} does not exist")
     try:
-        model = HookedTransformer.from_pretrained(spec, device=device)
+        with contextlib.redirect_stdout(sys.stderr):
+            model = HookedTransformer.from_pretrained(spec, device=device)
     except Exception as exc:  # TransformerLens raises many kinds; all mean the same to a user
         raise LoadError(
             f"could not load model {spec!r} by TransformerLens name from the local Hugging Face cache "
@@ -73,7 +76,9 @@ def load_model_folder(folder: Path, device: str = "cpu") -> HookedTransformer:
         model.load_state_dict(state, strict=True)
     except Exception as exc:
         raise LoadError(f"{folder / 'model.safetensors'} does not match {folder / 'config.json'}: {exc}") from exc
-    model.to(device)
+    if device != "cpu":
+        with contextlib.redirect_stdout(sys.stderr):  # TransformerLens prints the move; stdout may carry JSON
+            model.to(device)
     model.eval()
     return model
 
