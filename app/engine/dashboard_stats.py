@@ -24,13 +24,6 @@ LEFT, RIGHT = 16, 4  # example window: tokens before and after the example's tok
 W = LEFT + 1 + RIGHT
 
 
-def chosen_mask(keep: torch.Tensor, offset: int, width: int) -> torch.Tensor:
-    """keep (..., n) indexes [old (offset slots) | new (width slots)]: a (..., width) mask of the new ones kept."""
-    idx = torch.where(keep >= offset, keep - offset, width)
-    mask = torch.zeros(*keep.shape[:-1], width + 1, dtype=torch.bool)
-    return mask.scatter_(-1, idx, True)[..., :width]
-
-
 def position_keys(positions: torch.Tensor, features: torch.Tensor, d_sae: int) -> torch.Tensor:
     """Uniform [0, 1) keys from a 64-bit mix (splitmix64's finaliser) of position·d_sae + feature."""
     x = positions.to(torch.int64) * d_sae + features.to(torch.int64)
@@ -113,23 +106,20 @@ class FeatureStats:
         self._update_reservoirs(flat, positions.reshape(-1), ctx)
 
     def _update_top(self, flat: torch.Tensor, pos: torch.Tensor, ctx) -> None:
+        """Keep the k largest activations per feature. Slots are an unordered set (see sorted_top); only the
+        slots whose example is replaced are written."""
         k = min(self.k, flat.shape[0])
         vals, rows = flat.topk(k, dim=0)  # (k, F)
         vals, rows = vals.T.contiguous(), rows.T.contiguous()  # (F, k)
-        features = torch.arange(flat.shape[1]).unsqueeze(1).expand_as(rows)
         live = vals > 0
-        cand_key = -pos[rows].to(torch.float64)  # earlier corpus position wins ties
+        # earlier corpus position wins ties; a candidate that does not fire never displaces an empty slot
+        cand_key = (-pos[rows].to(torch.float64)).masked_fill(~live, float("-inf"))
         merged_val = torch.cat([self.top.value, vals.masked_fill(~live, float("-inf"))], 1)
         merged_key = torch.cat([self.top.key, cand_key], 1)
-        # sort by value desc, then key desc (-position: earlier first)
         order = torch.argsort(merged_key, dim=1, descending=True, stable=True)
         order = order.gather(1, torch.argsort(merged_val.gather(1, order), dim=1, descending=True, stable=True))
-        keep = order[:, : self.k]  # (F, k) indices into [old | new]
-        chosen_new = keep >= self.k
-        if not chosen_new.any():
-            return
-        new = self._materialise(rows, features, vals, cand_key, live & chosen_mask(keep, self.k, k), ctx)
-        self.top = Examples.cat(self.top, new).take(keep)
+        kept = torch.zeros_like(merged_key, dtype=torch.bool).scatter_(1, order[:, : self.k], True)
+        self._replace(self.top, ~kept[:, : self.k], kept[:, self.k :], rows, vals, cand_key, ctx)
 
     def _update_reservoirs(self, flat: torch.Tensor, pos: torch.Tensor, ctx) -> None:
         rows, feats = (flat > 0).nonzero(as_tuple=True)  # occurrences
@@ -154,36 +144,34 @@ class FeatureStats:
         cand_row = torch.zeros(F * NB * R, dtype=torch.int64)
         slots = slot_group[pick] * R + rank[rank < R]
         cand_key[slots], cand_row[slots] = keys[pick], rows[pick]
-        cand_key, cand_row = cand_key.view(F, NB, R), cand_row.view(F, NB, R)
-        old_key = self.res.key.view(F, NB, R)
-        both = torch.cat([old_key, cand_key], 2)  # (F, NB, 2R)
-        keep = both.argsort(dim=2)[..., :R]  # (F, NB, R) smallest keys win
-        chosen_new = keep >= R
-        if not chosen_new.any():
+        both = torch.cat([self.res.key.view(F, NB, R), cand_key.view(F, NB, R)], 2)  # (F, NB, 2R)
+        keep = both.argsort(dim=2, stable=True)[..., :R]  # smallest keys win; on ties (empty) the old slot stays
+        kept = torch.zeros_like(both, dtype=torch.bool).scatter_(2, keep, True)
+        cand_row = cand_row.view(F, NB * R)
+        feats_grid = torch.arange(F).unsqueeze(1).expand_as(cand_row)
+        self._replace(self.res, (~kept[..., :R]).reshape(F, -1), kept[..., R:].reshape(F, -1), cand_row,
+                      flat[cand_row, feats_grid], cand_key.view(F, -1), ctx)
+
+    def _replace(self, ex: Examples, evicted: torch.Tensor, kept_new: torch.Tensor, rows: torch.Tensor,
+                 vals: torch.Tensor, keys: torch.Tensor, ctx) -> None:
+        """Write the kept candidates (F, S_new) into the evicted slots (F, S_old) of `ex`, in place. Per feature
+        (and, for reservoirs, per bin) as many slots are evicted as candidates kept, and nonzero() lists both in
+        the same feature-major order, so the i-th evicted slot takes the i-th kept candidate."""
+        dest = evicted.nonzero(as_tuple=True)
+        if dest[0].numel() == 0:
             return
-        features = torch.arange(F).view(F, 1, 1).expand(F, NB, R)
-        live = torch.isfinite(cand_key)
-        mask = live & chosen_mask(keep, R, R)
-        new = self._materialise(cand_row.view(F, -1), features.reshape(F, -1),
-                                flat[cand_row.view(F, -1), features.reshape(F, -1)], cand_key.view(F, -1),
-                                mask.view(F, -1), ctx)
-        slot_base = (torch.arange(NB) * R).view(1, NB, 1)
-        index = torch.where(keep >= R, keep - R + slot_base + NB * R, keep + slot_base).view(F, -1)
-        self.res = Examples.cat(self.res, new).take(index)
+        src = kept_new.nonzero(as_tuple=True)
+        new = self._materialise(rows[src], src[0], vals[src], keys[src], ctx)
+        for target, value in zip(ex.fields(), new.fields(), strict=True):
+            target[dest] = value
 
     # --- materialising examples ------------------------------------------------------------------------------
 
-    def _materialise(self, rows: torch.Tensor, features: torch.Tensor, vals: torch.Tensor, keys: torch.Tensor,
-                     mask: torch.Tensor, ctx) -> Examples:
-        """Examples for the (feature, row) pairs where mask is set; empty slots elsewhere. rows index B·T."""
+    def _materialise(self, r: torch.Tensor, f: torch.Tensor, vals: torch.Tensor, keys: torch.Tensor,
+                     ctx) -> Examples:
+        """Examples (leading dim n) for the (row, feature) pairs given; rows index the batch's B·T tokens."""
         ids, positions, z, pattern, v, acts = ctx
         B, T = ids.shape
-        F, S = rows.shape
-        out = Examples.empty(F, S, self.sae.n_heads, float("-inf"))
-        sel = mask.nonzero(as_tuple=True)
-        if sel[0].numel() == 0:
-            return out
-        r, f = rows[sel], features[sel]
         b, t = r // T, r % T
         offs = torch.arange(-LEFT, RIGHT + 1)
         src = t.unsqueeze(1) + offs  # (n, W)
@@ -193,22 +181,35 @@ class FeatureStats:
         tok = torch.where(inside, ids[bb, src_c].to(torch.int32), -1)
         win_acts = torch.where(inside, acts[bb, src_c, f.unsqueeze(1).expand_as(src_c)], 0.0)
         n_heads, d_head = self.sae.n_heads, self.sae.d_head
-        dfa = torch.zeros(len(r), W)
-        heads = torch.zeros(len(r), n_heads)
-        for chunk in torch.arange(len(r)).split(4096):  # bounded memory: (chunk, W, head, d_head)
-            w = self.sae.W_eff[:, f[chunk]].T.reshape(-1, n_heads, d_head)  # (c, head, d_head)
-            v_win = v[bb[chunk], src_c[chunk]]  # (c, W, head, d_head)
-            if v_win.shape[2] != n_heads:  # grouped-query attention
-                v_win = v_win.repeat_interleave(n_heads // v_win.shape[2], dim=2)
-            vproj = torch.einsum("cwhd,chd->cwh", v_win.to(w.dtype), w)
-            att = pattern[b[chunk].unsqueeze(1), :, t[chunk].unsqueeze(1), src_c[chunk]]  # (c, W, head)
-            dfa[chunk] = torch.where(inside[chunk], (att * vproj).sum(-1), 0.0)
-            heads[chunk] = torch.einsum("chd,chd->ch", z[b[chunk], t[chunk]].to(w.dtype), w)
-        out.value[sel] = vals[sel].to(out.value.dtype)
-        out.key[sel] = keys[sel]
-        out.position[sel] = positions[b, t]
-        out.token_ids[sel], out.acts[sel], out.dfa[sel], out.dfa_heads[sel] = tok, win_acts, dfa, heads
-        return out
+        if v.shape[2] != n_heads:  # grouped-query attention: each key/value head serves several heads
+            v = v.repeat_interleave(n_heads // v.shape[2], dim=2)
+        att = pattern[b.unsqueeze(1), :, t.unsqueeze(1), src_c]  # (n, W, head)
+        if len(r) * W * d_head > 4 * v.shape[0] * T * self.sae.d_sae:
+            # many examples: project the whole batch onto every feature once, then gather
+            w_all = self.sae.W_eff.view(n_heads, d_head, -1)  # (head, d_head, F)
+            vproj_all = torch.einsum("bshd,hdf->bshf", v.to(w_all.dtype), w_all)  # (B, T, head, F)
+            ff = f.view(-1, 1, 1).expand(-1, W, n_heads)
+            hh = torch.arange(n_heads).view(1, 1, -1).expand_as(ff)
+            vproj = vproj_all[bb.unsqueeze(-1).expand_as(ff), src_c.unsqueeze(-1).expand_as(ff), hh, ff]
+            dfa = torch.where(inside, (att * vproj).sum(-1), 0.0)
+            zproj = torch.einsum("nhd,hdn->nh", z[b, t].to(w_all.dtype), w_all[:, :, f])
+            heads = zproj
+        else:
+            dfa = torch.zeros(len(r), W)
+            heads = torch.zeros(len(r), n_heads)
+            for chunk in torch.arange(len(r)).split(4096):  # bounded memory: (chunk, W, head, d_head)
+                w = self.sae.W_eff[:, f[chunk]].T.reshape(-1, n_heads, d_head)  # (c, head, d_head)
+                vproj = torch.einsum("cwhd,chd->cwh", v[bb[chunk], src_c[chunk]].to(w.dtype), w)
+                dfa[chunk] = torch.where(inside[chunk], (att[chunk] * vproj).sum(-1), 0.0)
+                heads[chunk] = torch.einsum("chd,chd->ch", z[b[chunk], t[chunk]].to(w.dtype), w)
+        return Examples(value=vals.to(torch.float32), key=keys.to(torch.float64), position=positions[b, t],
+                        token_ids=tok, acts=win_acts.to(torch.float32), dfa=dfa, dfa_heads=heads)
+
+    def sorted_top(self) -> Examples:
+        """The top examples largest first (ties: earlier corpus position first), empty slots last."""
+        order = torch.argsort(self.top.key, dim=1, descending=True, stable=True)
+        order = order.gather(1, torch.argsort(self.top.value.gather(1, order), dim=1, descending=True, stable=True))
+        return self.top.take(order)
 
     # --- scale changes and merging ---------------------------------------------------------------------------
 

@@ -107,8 +107,8 @@ class Engine:
         with torch.inference_mode():
             for sae in saes:
                 z = zs[sae.hook_name][0]  # (T, head_index, d_head)
-                acts, _ = sae.encode(F.flat_z(z))  # (T, d_sae)
-                rows, l0 = F.top_features(acts, top_k)
+                values, indices, l0 = sae.top_active(F.flat_z(z), top_k)
+                rows, l0 = F.top_features(values, indices), l0.tolist()
                 listed = [[{"feature": f, "activation": a} for f, a in row] for row in rows]
                 if head_contributions:
                     for t, row in enumerate(listed):

@@ -32,14 +32,12 @@ def flat_z(z: torch.Tensor) -> torch.Tensor:
     return z.flatten(-2)
 
 
-def top_features(acts: torch.Tensor, k: int) -> tuple[list[list[tuple[int, float]]], list[int]]:
-    """acts (T, d_sae) -> per token the active features, largest first (at most k), and L0 per token."""
-    values, indices = acts.topk(min(k, acts.shape[-1]), dim=-1)  # (T, k)
-    l0 = (acts > 0).sum(-1).tolist()
+def top_features(values: torch.Tensor, indices: torch.Tensor) -> list[list[tuple[int, float]]]:
+    """values, indices (T, k), largest first -> per token the active features as (feature, activation)."""
     rows = []
     for vals, idx in zip(values.tolist(), indices.tolist(), strict=True):
         rows.append([(i, v) for i, v in zip(idx, vals, strict=True) if v > 0])
-    return rows, l0
+    return rows
 
 
 def head_contributions(sae: AttnSAE, z: torch.Tensor, feature: int) -> torch.Tensor:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import sys
 import re
+import sys
 from pathlib import Path
 
 import torch

@@ -86,6 +86,21 @@ class AttnSAE:
         values, indices = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, indices, values.relu()), pre
 
+    def top_active(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (T, d_in) -> the n largest activations per token (values, indices, both (T, n), largest first) and
+        the active-feature count per token (T,). For TopK SAEs straight from the k largest pre-activations, with
+        no dense activation matrix; the same numbers as topk over `encode`."""
+        if self.architecture == "topk" and n <= self.k:
+            pre = (x.to(self.W_eff.dtype) - self.b_dec_in) @ self.sae.W_enc + self.sae.b_enc
+            if self.rescaled:
+                pre = pre * self.dec_scale
+            values, indices = pre.topk(self.k, dim=-1)  # sorted, largest first
+            values = values.relu()
+            return values[:, :n], indices[:, :n], (values > 0).sum(-1)
+        acts, _ = self.encode(x)
+        values, indices = acts.topk(min(n, acts.shape[-1]), dim=-1)
+        return values, indices, (acts > 0).sum(-1)
+
     def decoder_direction(self, feature: int, heads: list[int] | None = None) -> torch.Tensor:
         """(d_in,) what one unit of this latent adds to hook_z (flattened), optionally only some heads' slices."""
         direction = self.W_dec[feature] / self.dec_scale[feature]

@@ -110,10 +110,10 @@ def save_checkpoint(path: Path, stats: dict[int, FeatureStats], done_rows: int) 
 def feature_dashboards(engine: Engine, stats: FeatureStats, features: list[int], params: BuildParams) -> list[
         FeatureDashboard]:
     weights = engine.feature_weights(stats.sae.layer, features)
+    top = stats.sorted_top()
     out = []
     for f, w in zip(features, weights, strict=True):
         examples = []
-        top = stats.top
         for rank, slot in enumerate(s for s in range(stats.k) if int(top.position[f, s]) >= 0):
             examples.append(_example(top, f, slot, "top", rank, None))
         for rank, (interval, slot) in enumerate(interval_slots(stats, f, params.n_intervals, params.per_interval)):

@@ -3,11 +3,13 @@ behind a bounded queue; knows nothing of storage or of how the engine was loaded
 
 from __future__ import annotations
 
-import json
+import math
+import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
@@ -37,13 +39,36 @@ class FastJSON(JSONResponse):
     FastAPI validating a large nested body a second time (the response models still document it)."""
 
     def render(self, content) -> bytes:
-        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+        # orjson writes NaN as null: refuse it instead, as the contract allows no NaN (the engine gives none)
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY) if _finite(content) else _refuse()
+
+
+def _finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def _refuse() -> bytes:
+    raise ValueError("a result held a non-finite number")
 
 
 async def compute(queue: BoundedQueue, fn: Callable[[], dict]) -> FastJSON:
     """Run fn on the engine thread; map input errors and a full queue to their HTTP answers."""
+    def timed() -> tuple[dict, float]:
+        t0 = time.perf_counter()
+        return fn(), time.perf_counter() - t0
+
     try:
-        return FastJSON(await queue.run(fn))
+        t_wait = time.perf_counter()
+        result, seconds = await queue.run(timed)
+        total = time.perf_counter() - t_wait
+        return FastJSON(result, headers={"Server-Timing": f"engine;dur={1000 * seconds:.2f}, "
+                                                           f"queue;dur={1000 * (total - seconds):.2f}"})
     except QueueFull as exc:
         raise HTTPException(503, f"the worker is busy: {queue.pending} requests are queued; retry shortly",
                             headers={"Retry-After": str(exc.retry_after)}) from exc

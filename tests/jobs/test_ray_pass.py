@@ -11,6 +11,7 @@ from app.engine.engine import Engine
 from app.engine.loading import attach_saes, load_model
 from app.jobs.dashboards import run_pass
 from app.jobs.ray_pass import ray_pass
+from tests.engine.test_dashboard_stats import assert_same_reservoirs
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,9 @@ def test_ray_shards_equal_local_pass(ray_local, tiny_model_dir, sae_dirs):
     for layer in (0, 1):
         a, b = local[layer], distributed[layer]
         assert a.tokens_seen == b.tokens_seen
-        assert torch.equal(a.top.position, b.top.position)  # the same top examples
-        torch.testing.assert_close(a.top.value, b.top.value)
-        torch.testing.assert_close(a.top.dfa, b.top.dfa)
+        ta, tb = a.sorted_top(), b.sorted_top()
+        assert torch.equal(ta.position, tb.position)  # the same top examples
+        torch.testing.assert_close(ta.value, tb.value)
+        torch.testing.assert_close(ta.dfa, tb.dfa)
         assert torch.equal(a.hist, b.hist) and torch.equal(a.fire_count, b.fire_count)
-        assert torch.equal(a.res.position, b.res.position)
+        assert_same_reservoirs(a, b)
