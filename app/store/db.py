@@ -13,11 +13,17 @@ from sqlalchemy.orm import Session, sessionmaker
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_engine(url: str) -> Engine:
+def ensure_sqlite_folder(url: str) -> None:
+    """SQLite creates its file but not the folders above it (a fresh data directory)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str) -> Engine:
+    ensure_sqlite_folder(url)
+    if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -54,6 +60,7 @@ def alembic_config(url: str):
 def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
+    ensure_sqlite_folder(url)
     command.upgrade(alembic_config(url), revision)
 
 

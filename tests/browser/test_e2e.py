@@ -120,6 +120,7 @@ def test_markup_in_prompts_is_text(server, browser):
     page.wait_for_selector(".tokens .tok")
     assert page.evaluate("window.__pwned") is None
     assert page.locator(".tokens img, .tokens script").count() == 0
-    assert "<script>" in page.locator(".tokens").inner_text().replace("↵", "")
+    shown = "".join(page.locator(".tokens .tok").all_inner_texts())
+    assert shown == "<|endoftext|>" + XSS  # every character of the prompt, as text
     assert dialogs == []
     page.context.close()

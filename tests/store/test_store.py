@@ -122,3 +122,11 @@ def test_models_and_migrations_agree(db_engine):
     # the Postgres full-text index is an expression index the models do not declare
     diff = [d for d in diff if not (d[0] == "remove_index" and d[1].name == "ix_explanations_text_fts")]
     assert diff == []
+
+
+def test_upgrade_creates_a_fresh_sqlite_data_directory(tmp_path):
+    from app.store.db import make_engine, upgrade
+
+    url = f"sqlite:///{tmp_path / 'fresh' / 'data' / 'saex.db'}"
+    upgrade(url)
+    assert current_revision(make_engine(url)) == "0001"

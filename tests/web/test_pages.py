@@ -48,6 +48,8 @@ def test_explorer_full_page_and_fragment(site):
     assert "<html" not in frag.text and 'class="tokens"' in frag.text
     tokens = c.post("/api/v1/tokenize", json={"text": "The quick brown fox"}).json()["tokens"]
     assert len(re.findall(r'class="tok[" ]', frag.text)) == len(tokens)
+    strip = re.search(r'<div class="tokens"[^>]*>(.*?)</div>', frag.text, re.S).group(1)
+    assert not re.search(r">\s+<a", strip), "no whitespace between tokens: the strip is white-space: pre-wrap"
 
 
 def test_token_feature_and_dfa_state_in_the_url(site):
