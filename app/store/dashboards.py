@@ -80,6 +80,7 @@ def put_tokens(session: Session, *, model: ModelRecord, texts: list[str]) -> Non
     have = session.scalar(select(func.count()).select_from(TokenRecord).where(TokenRecord.model_id == model.id))
     if have == len(texts):
         return
+    _TOKEN_TEXTS.pop((str(session.get_bind().engine.url), model.id), None)
     session.execute(delete(TokenRecord).where(TokenRecord.model_id == model.id))
     # Postgres text cannot hold NUL: the byte-level token for 0x00 is stored as its visible symbol
     rows = [{"model_id": model.id, "token_id": i, "text": t.replace("\x00", "\u2400")} for i, t in enumerate(texts)]
@@ -141,6 +142,22 @@ def write_features(session: Session, *, sae: SAERecord, build_id: int | None,
         build.features_written += len(dashboards)
 
 
+# A model's token texts never change once written (put_tokens writes the whole vocabulary once), so readers keep
+# them per database and model instead of asking for thousands of ids on every page.
+_TOKEN_TEXTS: dict[tuple[str, int], dict[int, str]] = {}
+
+
+def token_texts(session: Session, *, model_id: int) -> dict[int, str]:
+    key = (str(session.get_bind().engine.url), model_id)
+    texts = _TOKEN_TEXTS.get(key)
+    if texts is None:
+        texts = dict(session.execute(select(TokenRecord.token_id, TokenRecord.text)
+                                     .where(TokenRecord.model_id == model_id)).all())
+        if texts:
+            _TOKEN_TEXTS[key] = texts
+    return texts
+
+
 def find_sae(session: Session, *, sae_slug: str, model_slug: str | None = None) -> SAERecord | None:
     query = select(SAERecord).where(SAERecord.slug == sae_slug)
     if model_slug is not None:
@@ -156,9 +173,7 @@ def read_dashboard(session: Session, *, sae: SAERecord, feature: int) -> dict | 
     examples = session.scalars(select(ExampleRecord).where(ExampleRecord.feature_id == record.id)
                                .order_by(ExampleRecord.kind, ExampleRecord.rank)).all()
     unpacked = [(e, unpack_ids(e.token_ids)) for e in examples]
-    needed = {i for _, ids in unpacked for i in ids}
-    texts = dict(session.execute(select(TokenRecord.token_id, TokenRecord.text).where(
-        TokenRecord.model_id == sae.model_id, TokenRecord.token_id.in_(needed))).all()) if needed else {}
+    texts = token_texts(session, model_id=sae.model_id)
 
     def body(e: ExampleRecord, ids: list[int]) -> dict:
         out = {"tokens": [texts.get(i, f"<{i}>") for i in ids], "token_ids": ids,

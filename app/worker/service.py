@@ -3,19 +3,17 @@ behind a bounded queue; knows nothing of storage or of how the engine was loaded
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
 
 from app import protocol as P
 from app.api_errors import install_error_handlers
 from app.engine.engine import Engine, InputError, NotFound, TooLong
+from app.json_response import FastJSON
 from app.worker.queue import BoundedQueue, QueueFull
 
 ERRORS = {404: {"model": P.ErrorResponse}, 413: {"model": P.ErrorResponse}, 422: {"model": P.ErrorResponse},
@@ -32,29 +30,6 @@ def get_queue(request: Request) -> BoundedQueue:
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 QueueDep = Annotated[BoundedQueue, Depends(get_queue)]
-
-
-class FastJSON(JSONResponse):
-    """The engine's dicts already have the contract's fields and plain floats: serialise them once, without
-    FastAPI validating a large nested body a second time (the response models still document it)."""
-
-    def render(self, content) -> bytes:
-        # orjson writes NaN as null: refuse it instead, as the contract allows no NaN (the engine gives none)
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY) if _finite(content) else _refuse()
-
-
-def _finite(value) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
-
-
-def _refuse() -> bytes:
-    raise ValueError("a result held a non-finite number")
 
 
 async def compute(queue: BoundedQueue, fn: Callable[[], dict]) -> FastJSON:

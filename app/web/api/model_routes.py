@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from app import protocol as P
+from app.json_response import FastJSON
 from app.store import results
 from app.web.deps import SessionDep, SettingsDep
 from app.web.worker_client import WorkerClient, WorkerError, WorkerUnavailable
@@ -24,43 +25,51 @@ def get_worker(request: Request) -> WorkerClient:
 WorkerDep = Annotated[WorkerClient, Depends(get_worker)]
 
 
-async def ask(worker: WorkerClient, method: str, path: str, body: dict | None = None) -> dict:
-    try:
-        return await worker.request(method, path, body)
-    except WorkerError as exc:
+def ask_failed(exc: Exception) -> None:
+    if isinstance(exc, WorkerError):
         raise HTTPException(exc.status, exc.detail, headers=exc.headers or None) from exc
-    except WorkerUnavailable as exc:
-        raise HTTPException(503, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from exc
+    raise HTTPException(503, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from exc
+
+
+async def ask(worker: WorkerClient, method: str, path: str, body: dict | None = None) -> FastJSON:
+    """The worker's answer, passed on as it came (it already has the contract's fields)."""
+    try:
+        return FastJSON(await worker.request(method, path, body))
+    except (WorkerError, WorkerUnavailable) as exc:
+        ask_failed(exc)
 
 
 @router.get("/info", response_model=P.InfoResponse, responses=ERRORS)
-async def info(worker: WorkerDep) -> dict:
+async def info(worker: WorkerDep) -> FastJSON:
     return await ask(worker, "GET", "/v1/info")
 
 
 @router.post("/tokenize", response_model=P.TokenizeResponse, responses=ERRORS)
-async def tokenize(body: P.TextRequest, worker: WorkerDep) -> dict:
+async def tokenize(body: P.TextRequest, worker: WorkerDep) -> FastJSON:
     return await ask(worker, "POST", "/v1/tokenize", body.model_dump())
 
 
 @router.post("/analyze", response_model=P.AnalyzeResponse, responses=ERRORS)
-async def analyze(body: P.AnalyzeRequest, worker: WorkerDep) -> dict:
+async def analyze(body: P.AnalyzeRequest, worker: WorkerDep) -> FastJSON:
     return await ask(worker, "POST", "/v1/analyze", body.model_dump())
 
 
 @router.post("/feature-trace", response_model=P.FeatureTraceResponse, responses=ERRORS)
-async def feature_trace(body: P.FeatureRequest, worker: WorkerDep) -> dict:
+async def feature_trace(body: P.FeatureRequest, worker: WorkerDep) -> FastJSON:
     return await ask(worker, "POST", "/v1/feature-trace", body.model_dump())
 
 
 @router.post("/dfa", response_model=P.DFAResponse, responses=ERRORS)
-async def dfa(body: P.DFARequest, worker: WorkerDep) -> dict:
+async def dfa(body: P.DFARequest, worker: WorkerDep) -> FastJSON:
     return await ask(worker, "POST", "/v1/dfa", body.model_dump())
 
 
 @router.post("/steer", response_model=P.SteerResponse, responses=ERRORS)
-async def steer(body: P.SteerRequest, worker: WorkerDep, session: SessionDep, settings: SettingsDep) -> dict:
-    out = await ask(worker, "POST", "/v1/steer", body.model_dump())
+async def steer(body: P.SteerRequest, worker: WorkerDep, session: SessionDep, settings: SettingsDep) -> FastJSON:
+    try:
+        out = await worker.request("POST", "/v1/steer", body.model_dump())
+    except (WorkerError, WorkerUnavailable) as exc:
+        ask_failed(exc)
     saved = results.save(session, kind="steering", model_slug=settings.model_slug,
                          payload={"request": body.model_dump(), "result": out})
-    return {**out, "permalink": f"/s/{saved.id}"}
+    return FastJSON({**out, "permalink": f"/s/{saved.id}"})

@@ -14,10 +14,24 @@ from app.store import keys
 from app.store.explanations import MAX_TEXT
 from app.web import figures, services
 from app.web.deps import SessionDep, SettingsDep
-from app.web.pages.render import render
+from app.web.pages.render import heat, render, show_token
 
 router = APIRouter(include_in_schema=False)
 Feature = Annotated[int, Path(ge=0, le=2**31 - 1)]
+
+
+def example_spans(ex: dict, peak: float) -> list[tuple[str, str, str, bool]]:
+    """One example as (token text, style, title, is the example's token) per token: the activation as background,
+    the DFA toward the example's token as an underline on the sources before it."""
+    m = ex["max_position"]
+    dfa_peak = max((abs(d) for d in ex["dfa"][: m + 1]), default=0.0) or 1.0
+    out = []
+    for i, (tok, act) in enumerate(zip(ex["tokens"], ex["activations"], strict=True)):
+        d = ex["dfa"][i] if i <= m else 0.0
+        style = f"background: {heat(act, peak)};" + (f" box-shadow: inset 0 -3px 0 {heat(d, dfa_peak)};" if d else "")
+        title = f"activation {act:.3f}" + (f" · DFA toward the outlined token {d:.3f}" if i <= m else "")
+        out.append((show_token(tok), style, title, i == m))
+    return out
 
 
 def feature_context(session: Session, model_slug: str, sae_id: str, feature: int) -> dict:
@@ -30,6 +44,9 @@ def feature_context(session: Session, model_slug: str, sae_id: str, feature: int
     except services.NotFound as exc:
         return {**ctx, "dashboard": None, "missing": str(exc), "explanations": services.list_explanations(
             session, model_slug=model_slug, sae_id=sae_id, feature=feature)}
+    peak = d["max_activation"] or 1.0
+    for ex in d["top_examples"] + d["interval_examples"]:
+        ex["spans"] = example_spans(ex, peak)
     return {**ctx, "dashboard": d, "explanations": d["explanations"],
             "histogram_figure": figures.activation_histogram(d["activation_histogram"]),
             "logit_figure": figures.logit_effects(d["logit_effects"]),

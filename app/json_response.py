@@ -1,0 +1,27 @@
+"""JSON responses built from plain dicts whose fields are already the contract's: serialised once with orjson,
+with no second validation of a large nested body; shared by the worker and the web app, knows nothing of torch."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+from fastapi.responses import JSONResponse
+
+
+def finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(finite(v) for v in value)
+    return True
+
+
+class FastJSON(JSONResponse):
+    def render(self, content) -> bytes:
+        # orjson would write NaN as null: the contract allows no NaN, so refuse (the engine gives none)
+        if not finite(content):
+            raise ValueError("a result held a non-finite number")
+        return orjson.dumps(content)
