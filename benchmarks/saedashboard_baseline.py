@@ -30,13 +30,20 @@ def main() -> None:
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     fields = HookedTransformerConfig.__dataclass_fields__
     model = HookedTransformer(HookedTransformerConfig(**{k: v for k, v in cfg.items() if k in fields}))
-    model.load_state_dict(load_file(Path(model_dir) / "model.safetensors"), strict=False)
+    # TransformerLens 3.9 saves the causal-mask buffers empty; 2.x rebuilds them at construction
+    state = {k: v for k, v in load_file(Path(model_dir) / "model.safetensors").items()
+             if not k.endswith((".mask", ".IGNORE"))}
+    model.load_state_dict(state, strict=False)
     model.eval()
     tokens = torch.from_numpy(np.load(tokens_path)).long()
     out = {"tokens": int(tokens.numel()), "saes": []}
     t_all = time.perf_counter()
     for sae_dir in sae_dirs:
         sae = SAE.load_from_disk(sae_dir)
+        # SAEDashboard folds decoder norms into the encoder, which SAELens refuses for TopK SAEs; ours have
+        # unit-norm decoder rows, so the fold is the identity: check that, and skip it
+        assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(sae.cfg.d_sae), atol=1e-4)
+        sae.fold_W_dec_norm = lambda: None
         features = list(range(sae.cfg.d_sae))
         vis_cfg = SaeVisConfig(hook_point=sae.cfg.metadata.hook_name, features=features,
                                minibatch_size_features=256, minibatch_size_tokens=64, device="cpu", verbose=False)
