@@ -137,3 +137,16 @@ def session(db_engine):
         finally:
             s.close()
             outer.rollback()
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tiny_model_dir, sae_dirs) -> dict:
+    """An engine on the tiny model for each SAE architecture (each with its own model object)."""
+    from app.engine.engine import Engine
+    from app.engine.loading import attach_saes, load_model
+
+    out = {}
+    for arch in ARCHITECTURES:
+        model = load_model(str(tiny_model_dir))
+        out[arch] = Engine(model, attach_saes(model, [str(p) for p in sae_dirs[arch]]), "tiny")
+    return out

@@ -10,13 +10,11 @@ import torch
 from app.engine.dashboard_stats import LEFT, NB, FeatureStats
 from app.engine.engine import Engine
 from app.engine.features import capture, flat_z
-from app.engine.loading import attach_saes, load_model
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir, sae_dirs) -> Engine:
-    model = load_model(str(tiny_model_dir))
-    return Engine(model, attach_saes(model, [str(p) for p in sae_dirs["topk"]]), "tiny")
+def engine(tiny_engines) -> Engine:
+    return tiny_engines["topk"]
 
 
 @pytest.fixture(scope="module")

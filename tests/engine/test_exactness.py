@@ -9,19 +9,14 @@ import torch
 from transformer_lens import HookedTransformer
 
 from app.engine.engine import Engine
-from app.engine.loading import attach_saes, load_model
 from tests.conftest import ARCHITECTURES, TEXT
 
 PROMPT = TEXT[:70]
 
 
 @pytest.fixture(scope="module")
-def engines(tiny_model_dir, sae_dirs) -> dict[str, Engine]:
-    out = {}
-    for arch in ARCHITECTURES:
-        model = load_model(str(tiny_model_dir))
-        out[arch] = Engine(model, attach_saes(model, [str(p) for p in sae_dirs[arch]]), "tiny")
-    return out
+def engines(tiny_engines) -> dict[str, Engine]:
+    return tiny_engines
 
 
 def reference(engine: Engine, arch: str, layer: int):

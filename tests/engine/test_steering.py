@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from app.engine.engine import Engine
-from app.engine.loading import attach_saes, load_model
 from app.engine.steering import Intervention, _edit_hook
 from tests.conftest import ARCHITECTURES
 
@@ -15,12 +14,8 @@ PROMPT = "The quick brown fox"
 
 
 @pytest.fixture(scope="module")
-def engines(tiny_model_dir, sae_dirs) -> dict[str, Engine]:
-    out = {}
-    for arch in ARCHITECTURES:
-        model = load_model(str(tiny_model_dir))
-        out[arch] = Engine(model, attach_saes(model, [str(p) for p in sae_dirs[arch]]), "tiny")
-    return out
+def engines(tiny_engines) -> dict[str, Engine]:
+    return tiny_engines
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

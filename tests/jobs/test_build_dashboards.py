@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from app.engine.engine import Engine
-from app.engine.loading import attach_saes, load_model
 from app.jobs import dashboards as job
 from app.store.dashboards import find_sae, read_dashboard
 from app.store.db import make_sessionmaker
@@ -17,9 +16,8 @@ PARAMS = job.BuildParams(corpus="random", tokens=10 * 40, top_k=5, n_intervals=4
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir, sae_dirs) -> Engine:
-    model = load_model(str(tiny_model_dir))
-    return Engine(model, attach_saes(model, [str(p) for p in sae_dirs["jumprelu"]]), "tiny")
+def engine(tiny_engines) -> Engine:
+    return tiny_engines["jumprelu"]
 
 
 @pytest.fixture(scope="module")
