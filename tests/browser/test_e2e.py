@@ -124,3 +124,28 @@ def test_markup_in_prompts_is_text(server, browser):
     assert shown == "<|endoftext|>" + XSS  # every character of the prompt, as text
     assert dialogs == []
     page.context.close()
+
+
+def test_keyboard_only(server, browser):
+    """Tab to the prompt, type, Tab to Analyse, Enter; Tab on to a token and open it with Enter."""
+    page = browser.new_context().new_page()
+    page.goto(server + "/")
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "text":
+            break
+    assert page.evaluate("document.activeElement.id") == "text"
+    page.keyboard.type("Mr and Mrs Dursley. Mr and Mrs Dursley")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent.trim()") == "Analyse"
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".tokens .tok")
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('tok')"):
+            break
+    assert page.evaluate("document.activeElement.classList.contains('tok')")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("table.features, p.note:has-text('No feature')")
+    assert "pos=" in page.url
+    page.context.close()

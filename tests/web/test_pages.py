@@ -145,3 +145,29 @@ def test_security_headers(site):
         csp = h["Content-Security-Policy"]
         assert "script-src 'self';" in csp and "unsafe-eval" not in csp
         assert h["X-Content-Type-Options"] == "nosniff" and h["X-Frame-Options"] == "DENY"
+
+
+def test_edit_and_delete_explanations_from_the_page(site):
+    c, key = site
+    page = c.post("/demo/L1/6/explanations", data={"text": "first try", "api_key": key})
+    ex_id = int(re.search(r"/demo/L1/6/explanations/(\d+)", page.text).group(1))
+    url = f"/demo/L1/6/explanations/{ex_id}"
+    assert c.post(url, data={"action": "edit", "text": "better", "api_key": "saex_nope"}).status_code == 403
+    assert c.post(url, data={"action": "edit", "text": " ", "api_key": key}).status_code == 422
+    edited = c.post(url, data={"action": "edit", "text": "fires after 'def'", "api_key": key})
+    assert edited.status_code == 200 and "fires after &#39;def&#39;" in edited.text and "first try" not in edited.text
+    gone = c.post(url, data={"action": "delete", "api_key": key})
+    assert gone.status_code == 200 and "No explanation yet" in gone.text
+    assert c.post(url, data={"action": "delete", "api_key": key}).status_code == 404
+
+
+def test_pages_say_clearly_when_the_worker_is_down(tmp_path):
+    url = f"sqlite:///{tmp_path / 'down.db'}"
+    upgrade(url)
+    with TestClient(create_web_app(Settings(database_url=url, worker_urls=["http://127.0.0.1:9"]))) as c:
+        page = c.get("/", params={"text": "The quick brown fox"})
+        assert page.status_code == 503 and "inference worker is unavailable" in page.text
+        assert page.text.lstrip().startswith("<!doctype html>")  # a whole page with the message, not a broken one
+        steer = c.post("/demo/steer", data={"text": "fox", "max_new_tokens": 2, "layer": ["1"], "feature": ["2"],
+                                            "mode": ["add"], "value": ["1"], "heads": [""], "positions": [""]})
+        assert steer.status_code == 503 and "inference worker is unavailable" in steer.text

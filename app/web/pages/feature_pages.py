@@ -62,6 +62,34 @@ def feature_page(request: Request, model: str, sae_id: str, feature: Feature, se
     return render(request, "feature.html", feature_context(session, model, sae_id, feature))
 
 
+@router.post("/{model}/{sae_id}/{feature}/explanations/{explanation_id}", response_class=HTMLResponse)
+def change_explanation_form(request: Request, model: str, sae_id: str, feature: Feature,
+                            explanation_id: Annotated[int, Path(ge=0, le=2**31 - 1)], session: SessionDep,
+                            settings: SettingsDep, action: Annotated[str, Form(pattern="^(edit|delete)$")],
+                            api_key: Annotated[str, Form(max_length=200)] = "",
+                            text: Annotated[str, Form(max_length=MAX_TEXT)] = "") -> Response:
+    """Edit or delete one explanation from the feature page; needs an API key like every write."""
+    if model != settings.model_slug:
+        raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    record = keys.verify(session, key=api_key.strip())
+    if record is None:
+        ctx = feature_context(session, model, sae_id, feature)
+        ctx["form_error"] = "That API key is unknown or revoked: ask an admin for one (saex keys create)."
+        return render(request, "explanations.html", {**ctx, "fragment": True}, status_code=403)
+    if action == "delete":
+        services.remove_explanation(session, model_slug=model, sae_id=sae_id, feature=feature,
+                                    explanation_id=explanation_id)
+    elif text.strip():
+        services.edit_explanation(session, model_slug=model, sae_id=sae_id, feature=feature,
+                                  explanation_id=explanation_id, text=text)
+    else:
+        ctx = feature_context(session, model, sae_id, feature)
+        ctx["form_error"] = "An explanation cannot be empty: delete it instead."
+        return render(request, "explanations.html", {**ctx, "fragment": True}, status_code=422)
+    ctx = feature_context(session, model, sae_id, feature)
+    return render(request, "explanations.html", {**ctx, "fragment": True})
+
+
 @router.post("/{model}/{sae_id}/{feature}/explanations", response_class=HTMLResponse)
 def add_explanation_form(request: Request, model: str, sae_id: str, feature: Feature, session: SessionDep,
                          settings: SettingsDep, text: Annotated[str, Form(min_length=1, max_length=MAX_TEXT)],
