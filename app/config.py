@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=16, ge=0, description="requests that may wait for the worker before 503")
     worker_urls: list[str] = Field(default_factory=list, description="inference workers the web app uses")
     model_slug: str = Field(default="demo", description="the served model's name in URLs and in the store")
+    rate_limit_per_minute: int = Field(default=120, ge=0, description="analyze/trace/DFA/steer calls a minute per "
+                                       "API key or client address; 0: no limit")
 
     @property
     def resolved_database_url(self) -> str:

@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from app.api_errors import install_error_handlers
 from app.config import Settings
@@ -15,6 +17,7 @@ from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
 from app.web.pages import discover, explorer, feature_pages, steering
 from app.web.pages.render import FRONTEND, render
+from app.web.ratelimit import TokenBuckets
 from app.web.services import NotFound
 from app.web.worker_client import WorkerClient
 
@@ -49,6 +52,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = make_sessionmaker(db)
     app.state.worker = worker
+    app.state.rate_limits = TokenBuckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -89,6 +93,20 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
+        """The process is up (for restarts)."""
         return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Ready to serve: the database answers and at least one worker is healthy (for load balancers)."""
+        checks = {"database": "ok", "workers": await worker.healthy()}
+        try:
+            with app.state.sessions() as session:
+                session.execute(text("SELECT 1"))
+        except OperationalError:
+            checks["database"] = "unavailable"
+        ok = checks["database"] == "ok" and bool(checks["workers"])
+        return JSONResponse({"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503,
+                            headers=None if ok else {"Retry-After": "5"})
 
     return app

@@ -22,7 +22,7 @@ class BoundedQueue:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.pending = 0  # running + waiting
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._executor: ThreadPoolExecutor | None = None  # made on first use, again after a shutdown
         self._mean_s = 0.05  # running mean of one request's compute time, for Retry-After
 
     def retry_after(self) -> int:
@@ -33,6 +33,8 @@ class BoundedQueue:
             raise QueueFull(self.retry_after())
         self.pending += 1
         try:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
             t0 = time.perf_counter()
             result = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
             self._mean_s = 0.9 * self._mean_s + 0.1 * (time.perf_counter() - t0)
@@ -41,4 +43,6 @@ class BoundedQueue:
             self.pending -= 1
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

@@ -101,3 +101,31 @@ def test_failover_to_a_live_worker(worker_app, tmp_path):
         server.should_exit = True
         thread.join(5)
     assert codes == [200] * 6
+
+
+def test_rate_limit_on_expensive_endpoints(worker_app, tmp_path):
+    url = f"sqlite:///{tmp_path / 'rl.db'}"
+    from app.store.db import upgrade
+
+    upgrade(url)
+    with TestClient(create_web_app(Settings(database_url=url, rate_limit_per_minute=3), worker_app)) as c:
+        codes = [c.post("/api/v1/analyze", json={"text": PROMPT}).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        r = c.post("/api/v1/dfa", json={"text": PROMPT, "layer": 1, "feature": 1, "position": 1})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert "at most 3 a minute" in r.json()["detail"]
+        # another caller (an API key) has its own bucket; cheap endpoints are not limited
+        assert c.post("/api/v1/analyze", json={"text": PROMPT}, headers={"X-API-Key": "saex_x"}).status_code == 200
+        assert all(c.post("/api/v1/tokenize", json={"text": PROMPT}).status_code == 200 for _ in range(5))
+
+
+def test_ready(web, tmp_path):
+    r = web.get("/ready")
+    assert r.status_code == 200 and r.json()["database"] == "ok" and r.json()["workers"] == ["in-process worker"]
+    url = f"sqlite:///{tmp_path / 'nr.db'}"
+    from app.store.db import upgrade
+
+    upgrade(url)
+    with TestClient(create_web_app(Settings(database_url=url, worker_urls=[f"http://127.0.0.1:{free_port()}"]))) as c:
+        r = c.get("/ready")
+    assert r.status_code == 503 and r.json()["workers"] == [] and r.headers["Retry-After"]

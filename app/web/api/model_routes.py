@@ -11,11 +11,12 @@ from app import protocol as P
 from app.json_response import FastJSON
 from app.store import results
 from app.web.deps import SessionDep, SettingsDep
+from app.web.ratelimit import RateLimited
 from app.web.worker_client import WorkerClient, WorkerError, WorkerUnavailable
 
 router = APIRouter(prefix="/api/v1", tags=["model"])
 ERRORS = {404: {"model": P.ErrorResponse}, 413: {"model": P.ErrorResponse}, 422: {"model": P.ErrorResponse},
-          503: {"model": P.ErrorResponse}}
+          429: {"model": P.ErrorResponse}, 503: {"model": P.ErrorResponse}}
 
 
 def get_worker(request: Request) -> WorkerClient:
@@ -49,22 +50,22 @@ async def tokenize(body: P.TextRequest, worker: WorkerDep) -> FastJSON:
     return await ask(worker, "POST", "/v1/tokenize", body.model_dump())
 
 
-@router.post("/analyze", response_model=P.AnalyzeResponse, responses=ERRORS)
+@router.post("/analyze", dependencies=[RateLimited], response_model=P.AnalyzeResponse, responses=ERRORS)
 async def analyze(body: P.AnalyzeRequest, worker: WorkerDep) -> FastJSON:
     return await ask(worker, "POST", "/v1/analyze", body.model_dump())
 
 
-@router.post("/feature-trace", response_model=P.FeatureTraceResponse, responses=ERRORS)
+@router.post("/feature-trace", dependencies=[RateLimited], response_model=P.FeatureTraceResponse, responses=ERRORS)
 async def feature_trace(body: P.FeatureRequest, worker: WorkerDep) -> FastJSON:
     return await ask(worker, "POST", "/v1/feature-trace", body.model_dump())
 
 
-@router.post("/dfa", response_model=P.DFAResponse, responses=ERRORS)
+@router.post("/dfa", dependencies=[RateLimited], response_model=P.DFAResponse, responses=ERRORS)
 async def dfa(body: P.DFARequest, worker: WorkerDep) -> FastJSON:
     return await ask(worker, "POST", "/v1/dfa", body.model_dump())
 
 
-@router.post("/steer", response_model=P.SteerResponse, responses=ERRORS)
+@router.post("/steer", dependencies=[RateLimited], response_model=P.SteerResponse, responses=ERRORS)
 async def steer(body: P.SteerRequest, worker: WorkerDep, session: SessionDep, settings: SettingsDep) -> FastJSON:
     try:
         out = await worker.request("POST", "/v1/steer", body.model_dump())
