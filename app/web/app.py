@@ -1,5 +1,5 @@
-"""The web app's factory: FastAPI with the public API (and, later, the pages); the database and the worker
-client are created here, at start-up, from settings, never at import."""
+"""The web app's factory: FastAPI with the public API, the pages and the vendored browser libraries; the database
+and the worker client are created here, from settings, never at import. Knows nothing of torch."""
 
 from __future__ import annotations
 
