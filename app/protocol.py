@@ -3,11 +3,30 @@ and the web app's worker client; knows nothing of torch, HTTP frameworks or stor
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_TEXT_CHARS = 100_000  # far past any context; longer bodies are refused before tokenising
+
+
+def _no_text_or_bool(value):
+    """JSON numbers only: "3" or true is refused where a number belongs (3.0 is an integer, as in JSON Schema)."""
+    if isinstance(value, (str, bool)):
+        raise ValueError("must be a JSON number, not a string or boolean")
+    return value
+
+
+def _bool_only(value):
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_text_or_bool)]
+Float = Annotated[float, BeforeValidator(_no_text_or_bool)]
+Bool = Annotated[bool, BeforeValidator(_bool_only)]
+MAX_SEED = 2**53 - 1  # the largest integer every JSON client represents exactly
 
 
 class Body(BaseModel):
@@ -59,9 +78,9 @@ class TokenizeResponse(Reply):
 
 
 class AnalyzeRequest(TextRequest):
-    layers: list[int] | None = Field(default=None, max_length=256, description="layers to analyse; null: all")
-    top_k: int = Field(default=10, ge=1, le=256, description="features kept per token")
-    head_contributions: bool = Field(default=False, description="also give each listed feature's per-head "
+    layers: list[Int] | None = Field(default=None, max_length=256, description="layers to analyse; null: all")
+    top_k: Int = Field(default=10, ge=1, le=256, description="features kept per token")
+    head_contributions: Bool = Field(default=False, description="also give each listed feature's per-head "
                                      "contributions z_{t,h} · W_enc[h-slice, f] as `heads`")
 
 
@@ -83,8 +102,8 @@ class AnalyzeResponse(TokenizeResponse):
 
 
 class FeatureRequest(TextRequest):
-    layer: int = Field(ge=0)
-    feature: int = Field(ge=0)
+    layer: Int = Field(ge=0)
+    feature: Int = Field(ge=0)
 
 
 class FeatureTraceResponse(TokenizeResponse):
@@ -97,7 +116,7 @@ class FeatureTraceResponse(TokenizeResponse):
 
 
 class DFARequest(FeatureRequest):
-    position: int = Field(ge=0, description="destination position, BOS included")
+    position: Int = Field(ge=0, description="destination position, BOS included")
 
 
 class DFAResponse(TokenizeResponse):
@@ -114,19 +133,20 @@ class DFAResponse(TokenizeResponse):
 
 
 class InterventionSpec(Body):
-    layer: int = Field(ge=0)
-    feature: int = Field(ge=0)
+    layer: Int = Field(ge=0)
+    feature: Int = Field(ge=0)
     mode: Literal["add", "clamp", "ablate"] = "add"
-    value: float = Field(default=0.0, ge=-1e6, le=1e6)
-    heads: list[int] | None = Field(default=None, max_length=1024)
-    positions: list[int] | None = Field(default=None, max_length=100_000)
+    value: Float = Field(default=0.0, ge=-1e6, le=1e6)
+    heads: list[Int] | None = Field(default=None, min_length=1, max_length=1024, description="null: all heads")
+    positions: list[Int] | None = Field(default=None, min_length=1, max_length=100_000,
+                                        description="prompt positions; null: every position, generated ones too")
 
 
 class SteerRequest(TextRequest):
-    max_new_tokens: int = Field(default=32, ge=0, le=1024)
-    temperature: float = Field(default=0.0, ge=0.0, le=10.0)
-    seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    top_logprobs: int = Field(default=5, ge=0, le=20)
+    max_new_tokens: Int = Field(default=32, ge=0, le=1024)
+    temperature: Float = Field(default=0.0, ge=0.0, le=10.0)
+    seed: Int = Field(default=0, ge=0, le=MAX_SEED)
+    top_logprobs: Int = Field(default=5, ge=0, le=20)
     interventions: list[InterventionSpec] = Field(default_factory=list, max_length=64)
 
 
@@ -154,3 +174,12 @@ class SteerResponse(Reply):
 
 class ErrorResponse(Reply):
     detail: str
+
+
+def error_responses(*codes: int) -> dict[int, dict]:
+    """OpenAPI `responses` for these status codes, each with the one error body `{"detail": "..."}`."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+# the error answers every model-backed endpoint may give, for the OpenAPI documents of worker and web app
+ERROR_RESPONSES = error_responses(400, 404, 413, 422, 429, 503)

@@ -86,10 +86,10 @@ def generate(
             if not torch.isfinite(logits).all():
                 raise FloatingPointError("the edited model produced non-finite logits")
             logp = logits.log_softmax(-1)
-            if temperature == 0:
+            if temperature < 1e-6:  # greedy; also keeps logits / temperature from overflowing
                 nxt = int(logits.argmax())
             else:
-                probs = (logits / temperature).softmax(-1)
+                probs = ((logits - logits.max()) / temperature).softmax(-1)  # the top logit is 0: never inf - inf
                 nxt = int(torch.multinomial(probs, 1, generator=generator))
             top = logp.topk(top_logprobs) if top_logprobs else None
             out.token_ids.append(nxt)

@@ -16,8 +16,7 @@ from app.engine.engine import Engine, InputError, NotFound, TooLong
 from app.json_response import FastJSON
 from app.worker.queue import BoundedQueue, QueueFull
 
-ERRORS = {404: {"model": P.ErrorResponse}, 413: {"model": P.ErrorResponse}, 422: {"model": P.ErrorResponse},
-          503: {"model": P.ErrorResponse}}
+ERRORS = P.ERROR_RESPONSES
 
 
 def get_engine(request: Request) -> Engine:

@@ -105,3 +105,13 @@ def test_positions_none_reaches_generated_tokens(engines):
     # the first generated token depends only on the prompt, edited the same at `last`... unless other positions
     # matter: compare the logprobs of later tokens, which differ only through generated positions
     assert everywhere["steered"]["logprobs"] != at_prompt["steered"]["logprobs"]
+
+
+@pytest.mark.parametrize("temperature", [5e-199, 1e-7, 1e-5, 10.0])
+def test_extreme_temperatures_sample_safely(engines, temperature):
+    """Found by schemathesis: a tiny temperature overflowed logits / T into NaN probabilities."""
+    out = engines["standard"].steer(PROMPT, [], max_new_tokens=4, temperature=temperature, seed=413)
+    assert len(out["default"]["token_ids"]) == 4
+    if temperature < 1e-6:
+        greedy = engines["standard"].steer(PROMPT, [], max_new_tokens=4, temperature=0.0)
+        assert out["default"]["token_ids"] == greedy["default"]["token_ids"]

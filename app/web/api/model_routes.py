@@ -15,8 +15,7 @@ from app.web.ratelimit import RateLimited
 from app.web.worker_client import WorkerClient, WorkerError, WorkerUnavailable
 
 router = APIRouter(prefix="/api/v1", tags=["model"])
-ERRORS = {404: {"model": P.ErrorResponse}, 413: {"model": P.ErrorResponse}, 422: {"model": P.ErrorResponse},
-          429: {"model": P.ErrorResponse}, 503: {"model": P.ErrorResponse}}
+ERRORS = P.ERROR_RESPONSES
 
 
 def get_worker(request: Request) -> WorkerClient:

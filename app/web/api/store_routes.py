@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from app import protocol as P
 from app.store.explanations import MAX_TEXT
 from app.web import services
 from app.web.deps import KeyDep, SessionDep, SettingsDep
 
-router = APIRouter(prefix="/api/v1", tags=["store"])
-ERR = {404: {"description": "unknown SAE, feature or explanation, or no dashboard built"}}
+router = APIRouter(prefix="/api/v1", tags=["store"], responses=P.error_responses(400, 413, 422, 503))
+ERR = P.error_responses(404)
 
 
 class ExplanationIn(BaseModel):
@@ -52,7 +53,7 @@ def list_explanations(sae_id: str, feature: FeaturePath, session: SessionDep, se
 
 
 @router.post("/saes/{sae_id}/features/{feature}/explanations", status_code=201,
-             responses={**ERR, 401: {"description": "no API key"}, 403: {"description": "wrong or revoked key"}})
+             responses={**ERR, **P.error_responses(401, 403)})
 def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn, session: SessionDep,
                     settings: SettingsDep, key: KeyDep) -> dict:
     try:
@@ -62,7 +63,8 @@ def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn, sess
         raise _not_found(exc) from exc
 
 
-@router.patch("/saes/{sae_id}/features/{feature}/explanations/{explanation_id}", responses=ERR)
+@router.patch("/saes/{sae_id}/features/{feature}/explanations/{explanation_id}",
+              responses={**ERR, **P.error_responses(401, 403)})
 def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath, body: ExplanationEdit,
                      session: SessionDep, settings: SettingsDep, key: KeyDep) -> dict:
     try:
@@ -72,7 +74,8 @@ def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeatureP
         raise _not_found(exc) from exc
 
 
-@router.delete("/saes/{sae_id}/features/{feature}/explanations/{explanation_id}", status_code=204, responses=ERR)
+@router.delete("/saes/{sae_id}/features/{feature}/explanations/{explanation_id}", status_code=204,
+               responses={**ERR, **P.error_responses(401, 403)})
 def delete_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath, session: SessionDep,
                        settings: SettingsDep, key: KeyDep) -> Response:
     try:
