@@ -33,6 +33,15 @@ def parse_ints(text: str, what: str) -> list[int] | None:
         raise ValueError(f"{what} must be whole numbers separated by commas, got {text!r}") from exc
 
 
+def form_number(text: str, kind: type, what: str):
+    """A form field (always text) as the number the API wants, or a message that says what to type."""
+    try:
+        return kind(str(text).strip())
+    except ValueError as exc:
+        word = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{what} must be {word}, got {text!r}") from exc
+
+
 def steer_form_request(text: str, max_new_tokens: int, temperature: float, seed: int, layer: list[str],
                        feature: list[str], mode: list[str], value: list[str], heads: list[str],
                        positions: list[str]) -> P.SteerRequest:
@@ -41,8 +50,11 @@ def steer_form_request(text: str, max_new_tokens: int, temperature: float, seed:
         if not str(feat).strip():
             continue
         interventions.append({
-            "layer": lay, "feature": feat, "mode": mode[i] if i < len(mode) else "add",
-            "value": (value[i] if i < len(value) and str(value[i]).strip() else 0.0),
+            "layer": form_number(lay, int, f"row {i + 1}: layer"),
+            "feature": form_number(feat, int, f"row {i + 1}: feature"),
+            "mode": mode[i] if i < len(mode) else "add",
+            "value": form_number(value[i] if i < len(value) and str(value[i]).strip() else "0", float,
+                                 f"row {i + 1}: value"),
             "heads": parse_ints(heads[i] if i < len(heads) else "", "heads"),
             "positions": parse_ints(positions[i] if i < len(positions) else "", "positions"),
         })
