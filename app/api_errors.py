@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.request_log import install_request_log
+
 log = logging.getLogger("saex")
 
 MAX_BODY_BYTES = 1 << 20
@@ -47,9 +49,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error: this is a bug in SAE Explorer, please report it"},
-                            status_code=500)
+        request_id = getattr(request.state, "request_id", "-")
+        log.error("unexpected error", exc_info=exc, extra={"fields": {
+            "request_id": request_id, "method": request.method, "path": request.url.path}})
+        return JSONResponse({"detail": f"internal error (request {request_id}): this is a bug in SAE Explorer, "
+                                       "please report it with the request id"}, status_code=500)
+
+    install_request_log(app)
 
     @app.middleware("http")
     async def _limit_body(request: Request, call_next):

@@ -42,7 +42,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     info = engine.info()
     print(f"saex worker: {info['model']['name']} with SAEs on layers {[s['layer'] for s in info['saes']]}, "
           f"serving on http://{args.host}:{args.port}", file=sys.stderr)
-    uvicorn.run(create_worker_app(engine, settings.queue_size), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(create_worker_app(engine, settings.queue_size), host=args.host, port=args.port, log_level="warning",
+                access_log=False)  # our own JSON request log replaces uvicorn's, which prints query strings
     return 0
 
 
@@ -69,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"saex serve: {exc}", file=sys.stderr)
         return 2
     print(f"saex serve: http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, proxy_headers=True)
     return 0
 
 
@@ -246,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "worker"):
+        from app.request_log import configure_logging
+
+        configure_logging()
     return args.func(args)
 
 

@@ -158,3 +158,23 @@ def test_full_queue_answers_503_with_retry_after(engine):
     assert int(refused.headers["Retry-After"]) >= 1
     assert "busy" in refused.json()["detail"]
     assert [r.status_code for r in held] == [200, 200]
+
+
+def test_request_ids_and_json_logs(client, caplog):
+    import json as _json
+    import logging
+
+    from app.request_log import JSONLines
+
+    with caplog.at_level(logging.INFO, logger="saex.requests"):
+        r = client.post("/v1/analyze?secret=1", json={"text": "my private prompt", "top_k": 2})
+        given = client.get("/health", headers={"X-Request-ID": "abc-123"})
+        junk = client.get("/health", headers={"X-Request-ID": "<script>"})
+    assert len(r.headers["X-Request-ID"]) == 16
+    assert given.headers["X-Request-ID"] == "abc-123"
+    assert junk.headers["X-Request-ID"] != "<script>"
+    lines = [_json.loads(JSONLines().format(rec)) for rec in caplog.records if rec.name == "saex.requests"]
+    first = next(line for line in lines if line["request_id"] == r.headers["X-Request-ID"])
+    assert first["path"] == "/v1/analyze" and first["status"] == 200 and first["ms"] > 0
+    text = "\n".join(_json.dumps(line) for line in lines)
+    assert "private prompt" not in text and "secret" not in text  # no bodies, no query strings

@@ -1,0 +1,50 @@
+"""Request ids and structured logs for both services: every request gets an id (a sane incoming X-Request-ID is
+kept), echoed in the response, and one JSON log line with method, path, status and duration. Query strings and
+bodies are never logged (they hold users' prompts); nor are stack traces sent to clients. Knows nothing of torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+
+log = logging.getLogger("saex.requests")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class JSONLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+                "message": record.getMessage(), **getattr(record, "fields", {})}
+        if record.exc_info:  # server side only: exception type and message, for the operator
+            line["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return json.dumps(line)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """JSON lines on stderr for the app's loggers; called by the CLI, never at import."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONLines())
+    root = logging.getLogger("saex")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def install_request_log(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def request_ids(request: Request, call_next):
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id
+        log.info("request", extra={"fields": {
+            "request_id": request_id, "method": request.method, "path": request.url.path,
+            "status": response.status_code, "ms": round(1000 * (time.perf_counter() - t0), 2)}})
+        return response
