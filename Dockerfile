@@ -19,7 +19,8 @@ WORKDIR /srv/saex
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY migrations ./migrations
-RUN pip install --no-cache-dir .
+# editable: the app finds alembic.ini, migrations/ and frontend/ beside its package, in /srv/saex
+RUN pip install --no-cache-dir -e .
 COPY frontend/templates ./frontend/templates
 COPY frontend/static ./frontend/static
 COPY --from=frontend /src/frontend/node_modules ./frontend/node_modules
@@ -33,11 +34,11 @@ CMD ["saex", "serve", "--host", "0.0.0.0", "--port", "8000"]
 # --- worker ---------------------------------------------------------------------------------------------------------
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 AS worker
 ENV DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=/hf
+    PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=/hf SAEX_DATA_DIR=/data
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv \
-    && useradd --create-home --uid 10001 saex
+    && useradd --create-home --uid 10001 saex && mkdir -p /data && chown saex /data
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /srv/saex
 # torch first and pinned: PyPI's build of 2.13.0 for Linux x86_64 carries CUDA
@@ -45,7 +46,7 @@ RUN pip install --no-cache-dir torch==2.13.0
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY migrations ./migrations
-RUN pip install --no-cache-dir ".[engine]"
+RUN pip install --no-cache-dir -e ".[engine]"
 COPY artifacts ./artifacts
 USER saex
 EXPOSE 8001

@@ -35,17 +35,24 @@ def describe_validation_error(exc: RequestValidationError) -> str:
     return "; ".join(msgs)
 
 
+def http_error_detail(exc: StarletteHTTPException) -> str:
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        detail = "the body could not be read: send JSON encoded as UTF-8"
+    return detail
+
+
+async def http_error_json(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"detail": http_error_detail(exc)}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 400 and detail == "There was an error parsing the body":
-            detail = "the body could not be read: send JSON encoded as UTF-8"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    app.add_exception_handler(StarletteHTTPException, http_error_json)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

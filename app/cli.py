@@ -42,7 +42,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     info = engine.info()
     print(f"saex worker: {info['model']['name']} with SAEs on layers {[s['layer'] for s in info['saes']]}, "
           f"serving on http://{args.host}:{args.port}", file=sys.stderr)
-    uvicorn.run(create_worker_app(engine, settings.queue_size), host=args.host, port=args.port, log_level="warning",
+    app = create_worker_app(engine, settings.queue_size, settings.time_budget_s)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 access_log=False)  # our own JSON request log replaces uvicorn's, which prints query strings
     return 0
 
@@ -64,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             engine = _engine_from_settings(settings)
             if args.dashboard_tokens > 0:
                 _ensure_dashboards(engine, settings, args.dashboard_tokens)
-            worker_app = create_worker_app(engine, settings.queue_size)
+            worker_app = create_worker_app(engine, settings.queue_size, settings.time_budget_s)
         app = create_web_app(settings, worker_app)
     except ValueError as exc:  # bad settings, or a model/SAE that cannot be served (LoadError is a ValueError)
         print(f"saex serve: {exc}", file=sys.stderr)
@@ -139,7 +140,8 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     params = BuildParams(corpus=name, tokens=int(corpus.numel()))
     db = make_engine(url)
     summary = build(engine, make_sessionmaker(db), corpus, params, model_slug=args.model_slug, layers=layers,
-                    batch_size=args.batch_size, work_dir=settings.data_dir / "builds", pass_fn=pass_fn)
+                    batch_size=args.batch_size, work_dir=settings.data_dir / "builds", pass_fn=pass_fn,
+                    checkpoint_seconds=args.checkpoint_seconds)
     db.dispose()
     print(json.dumps(summary))
     return 0
@@ -228,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray", action="store_true", help="run corpus shards as tasks on the Ray cluster ('auto')")
     b.add_argument("--ray-address", help="address of an existing Ray cluster")
     b.add_argument("--shards", type=int, default=4)
+    b.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="save the pass's state this often, so that a killed build resumes (default 60)")
     b.set_defaults(func=cmd_dashboards)
 
     k = sub.add_parser("keys", help="API keys for writes")
@@ -251,7 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         from app.request_log import configure_logging
 
         configure_logging()
-    return args.func(args)
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return args.func(args)
+    except OperationalError as exc:  # a database that is down, unknown or refuses us: say which, no traceback
+        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+        print(f"saex {args.command}: cannot use the database ({reason}); check DATABASE_URL and that the server "
+              "is up", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,8 +27,18 @@ class Settings(BaseSettings):
     device: str = Field(default="cpu", description="cpu or cuda")
     threads: int | None = Field(default=None, description="torch threads of the worker; default: torch's choice")
     queue_size: int = Field(default=16, ge=0, description="requests that may wait for the worker before 503")
+    time_budget_s: float = Field(default=60.0, gt=0, le=3600, description="the most one worker request may take, "
+                                 "queueing included; past it the worker answers 503 (steering stops between tokens)")
     worker_urls: list[str] = Field(default_factory=list, description="inference workers the web app uses")
     model_slug: str = Field(default="demo", description="the served model's name in URLs and in the store")
+    secret_key: str | None = Field(default=None, description="signs browser sessions; default: a random key kept in "
+                                   "data_dir (set it when several web processes serve)")
+    read_requires_sign_in: bool = Field(default=False, description="pages and API reads need a signed-in browser "
+                                        "or an API key")
+    saves_need_sign_in: bool = Field(default=False, description="saving analyses and steering results (permalinks) "
+                                     "needs a signed-in browser or an API key")
+    secure_cookies: bool = Field(default=False, description="session cookie only over HTTPS (set behind TLS)")
+    session_hours: int = Field(default=24 * 14, ge=1, le=24 * 365, description="how long a sign-in lasts")
     rate_limit_per_minute: int = Field(default=120, ge=0, description="analyze/trace/DFA/steer calls a minute per "
                                        "API key or client address; 0: no limit")
 

@@ -3,9 +3,13 @@ saved with SAELens's own classes; weights are random, so only the math is under 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# apps made in tests sign their session cookies with this, rather than keep a secret file in ./data
+os.environ.setdefault("SAEX_SECRET_KEY", "tests-only-secret-0123456789abcdef")
 
 torch = pytest.importorskip("torch")
 

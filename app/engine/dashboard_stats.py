@@ -8,6 +8,10 @@ window, per-token activations, DFA toward its token) when admitted; knows nothin
 - Interval reservoirs: in each fine bin the R occurrences with the smallest key, a key being a hash of
   (corpus position, feature): a uniform sample of the bin that does not depend on batch order or sharding.
 - Top-k: the k largest activations per feature (ties broken by corpus position).
+- Deferred DFA: an admitted example gets its window, activations and place at once, but its DFA (the costly part)
+  only once it has survived `defer` more batches (or at the end, or before a checkpoint); the last `defer` batches'
+  z, pattern and v are kept for that. Most examples admitted early are evicted before then and never cost a DFA.
+  Each example's DFA is computed on its own (no shared matrix product), so when it is computed does not change it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Examples:
     acts: torch.Tensor  # (F, S, W) float32
     dfa: torch.Tensor  # (F, S, W) float32: source attribution toward the example's token, summed over heads
     dfa_heads: torch.Tensor  # (F, S, H) float32: each head's whole contribution to the pre-activation
+    pend_batch: torch.Tensor  # (F, S) int64: the batch whose tensors will give this slot its DFA; -1: it has it
+    pend_row: torch.Tensor  # (F, S) int64: the example's token within that batch (b·T + t)
 
     @staticmethod
     def empty(F: int, S: int, H: int, fill_value: float) -> Examples:
@@ -53,6 +59,7 @@ class Examples:
             value=torch.full((F, S), fill_value), key=torch.full((F, S), float("inf"), dtype=torch.float64),
             position=torch.full((F, S), -1, dtype=torch.int64), token_ids=torch.full((F, S, W), -1, dtype=torch.int32),
             acts=torch.zeros(F, S, W), dfa=torch.zeros(F, S, W), dfa_heads=torch.zeros(F, S, H),
+            pend_batch=torch.full((F, S), -1, dtype=torch.int64), pend_row=torch.zeros(F, S, dtype=torch.int64),
         )
 
     def take(self, idx: torch.Tensor) -> Examples:
@@ -61,22 +68,29 @@ class Examples:
             j = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(*idx.shape, *t.shape[2:])
             return t.gather(1, j)
 
-        return Examples(*(g(t) for t in (self.value, self.key, self.position, self.token_ids, self.acts, self.dfa,
-                                          self.dfa_heads)))
+        return Examples(*(g(t) for t in self.fields()))
 
     @staticmethod
     def cat(a: Examples, b: Examples) -> Examples:
         return Examples(*(torch.cat([x, y], 1) for x, y in zip(a.fields(), b.fields(), strict=True)))
 
     def fields(self) -> tuple[torch.Tensor, ...]:
-        return (self.value, self.key, self.position, self.token_ids, self.acts, self.dfa, self.dfa_heads)
+        return (self.value, self.key, self.position, self.token_ids, self.acts, self.dfa, self.dfa_heads,
+                self.pend_batch, self.pend_row)
+
+
+STORED = ("value", "key", "position", "token_ids", "acts", "dfa", "dfa_heads")  # fields() kept in checkpoints
 
 
 class FeatureStats:
     """Everything a dashboard needs from the corpus, for all d_sae features of one SAE."""
 
-    def __init__(self, sae: AttnSAE, k: int = 20) -> None:
-        self.sae, self.k = sae, k
+    def __init__(self, sae: AttnSAE, k: int = 20, defer: int = 8) -> None:
+        """defer: batches an admitted example waits for its DFA (0: at the end of its own batch)."""
+        self.sae, self.k, self.defer = sae, k, defer
+        self._batches: dict[int, tuple[torch.Tensor, ...]] = {}  # batch number -> (z, pattern, v), kept for DFAs
+        self._batch_no = 0
+        self._w_rows: torch.Tensor | None = None  # W_eff transposed, made on first use
         F, H = sae.d_sae, sae.n_heads
         self.tokens_seen = 0
         self.fire_count = torch.zeros(F, dtype=torch.int64)
@@ -97,116 +111,159 @@ class FeatureStats:
         acts, _ = self.sae.encode(z.flatten(-2))  # (B, T, F)
         acts[:, 0] = 0.0  # BOS
         flat = acts.reshape(B * T, -1)  # (N, F)
+        F = flat.shape[1]
         self.tokens_seen += B * (T - 1)
-        self.fire_count += (flat > 0).sum(0)
-        self.max_act = torch.maximum(self.max_act, flat.max(0).values)
+        rows, feats = (flat > 0).nonzero(as_tuple=True)  # occurrences: everything below works on these alone
+        val = flat[rows, feats]
+        self.fire_count += torch.bincount(feats, minlength=F)
+        self.max_act.scatter_reduce_(0, feats, val, reduce="amax")
         self._rescale(torch.ceil(torch.log2(self.max_act.clamp_min(1e-9))).to(torch.int64))
-        ctx = (ids, positions, z, pattern, v, acts)
-        self._update_top(flat, positions.reshape(-1), ctx)
-        self._update_reservoirs(flat, positions.reshape(-1), ctx)
+        ctx = (ids, positions, acts, self._batch_no)
+        self._batches[self._batch_no] = (z, pattern, v)
+        if rows.numel():
+            pos = positions.reshape(-1)
+            self._update_top(rows, feats, val, pos, ctx)
+            self._update_reservoirs(rows, feats, val, pos, ctx)
+        self._batch_no += 1
+        self.flush(before=self._batch_no - self.defer)
 
-    def _update_top(self, flat: torch.Tensor, pos: torch.Tensor, ctx) -> None:
-        """Keep the k largest activations per feature. Slots are an unordered set (see sorted_top); only the
-        slots whose example is replaced are written."""
-        k = min(self.k, flat.shape[0])
-        vals, rows = flat.topk(k, dim=0)  # (k, F)
-        vals, rows = vals.T.contiguous(), rows.T.contiguous()  # (F, k)
-        live = vals > 0
-        # earlier corpus position wins ties; a candidate that does not fire never displaces an empty slot
-        cand_key = (-pos[rows].to(torch.float64)).masked_fill(~live, float("-inf"))
-        merged_val = torch.cat([self.top.value, vals.masked_fill(~live, float("-inf"))], 1)
-        merged_key = torch.cat([self.top.key, cand_key], 1)
+    def _update_top(self, rows: torch.Tensor, feats: torch.Tensor, val: torch.Tensor, pos: torch.Tensor,
+                    ctx) -> None:
+        """Keep the k largest activations per feature (ties: the earlier corpus position). Only features that fired
+        in this batch are looked at, and only the slots whose example is replaced are written."""
+        # this batch's candidates: per feature its k largest occurrences, by (feature, value desc, position asc)
+        order = torch.argsort(pos[rows], stable=True)
+        order = order[torch.argsort(val[order], descending=True, stable=True)]
+        order = order[torch.argsort(feats[order], stable=True)]
+        f_sorted = feats[order]
+        touched, counts = torch.unique_consecutive(f_sorted, return_counts=True)
+        rank = torch.arange(len(order)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        sel = rank < self.k
+        group = torch.repeat_interleave(torch.arange(len(touched)), counts)[sel]
+        cand_row = torch.zeros(len(touched), self.k, dtype=torch.int64)
+        cand_val = torch.full((len(touched), self.k), float("-inf"))
+        cand_row[group, rank[sel]] = rows[order[sel]]
+        cand_val[group, rank[sel]] = val[order[sel]]
+        cand_key = (-pos[cand_row].to(torch.float64)).masked_fill(cand_val == float("-inf"), float("-inf"))
+        merged_val = torch.cat([self.top.value[touched], cand_val], 1)  # (G, 2k)
+        merged_key = torch.cat([self.top.key[touched], cand_key], 1)
         order = torch.argsort(merged_key, dim=1, descending=True, stable=True)
         order = order.gather(1, torch.argsort(merged_val.gather(1, order), dim=1, descending=True, stable=True))
         kept = torch.zeros_like(merged_key, dtype=torch.bool).scatter_(1, order[:, : self.k], True)
-        self._replace(self.top, ~kept[:, : self.k], kept[:, self.k :], rows, vals, cand_key, ctx)
+        dg, dslot = (~kept[:, : self.k]).nonzero(as_tuple=True)
+        sg, sslot = kept[:, self.k :].nonzero(as_tuple=True)  # as many per feature, in the same order
+        self._write(self.top, touched[dg], dslot, cand_row[sg, sslot], touched[sg], cand_val[sg, sslot],
+                    cand_key[sg, sslot], ctx)
 
-    def _update_reservoirs(self, flat: torch.Tensor, pos: torch.Tensor, ctx) -> None:
-        rows, feats = (flat > 0).nonzero(as_tuple=True)  # occurrences
-        if rows.numel() == 0:
-            return
-        val = flat[rows, feats]
+    def _update_reservoirs(self, rows: torch.Tensor, feats: torch.Tensor, val: torch.Tensor, pos: torch.Tensor,
+                           ctx) -> None:
+        """Histogram counts, and per touched (feature, bin) the R smallest keys of old and new occurrences."""
         scale = torch.exp2(self.log2_scale[feats].to(torch.float32))
         bins = (val / scale * NB).to(torch.int64).clamp_(0, NB - 1)
         self.hist.view(-1).index_add_(0, feats * NB + bins, torch.ones_like(bins))
-        keys = position_keys(pos[rows], feats, flat.shape[1])
+        keys = position_keys(pos[rows], feats, self.sae.d_sae)
         slot_group = feats * NB + bins  # (n,)
         # the R smallest keys per (feature, bin) among this batch's occurrences
         order = torch.argsort(slot_group.to(torch.float64) * 2 + keys)  # groups ascending, keys ascending within
         g_sorted = slot_group[order]
-        starts = torch.ones_like(g_sorted, dtype=torch.bool)
-        starts[1:] = g_sorted[1:] != g_sorted[:-1]
-        seg_start = torch.cummax(torch.where(starts, torch.arange(len(g_sorted)), 0), 0).values
-        rank = torch.arange(len(g_sorted)) - seg_start
-        pick = order[rank < R]
-        F = flat.shape[1]
-        cand_key = torch.full((F * NB * R,), float("inf"), dtype=torch.float64)
-        cand_row = torch.zeros(F * NB * R, dtype=torch.int64)
-        slots = slot_group[pick] * R + rank[rank < R]
-        cand_key[slots], cand_row[slots] = keys[pick], rows[pick]
-        both = torch.cat([self.res.key.view(F, NB, R), cand_key.view(F, NB, R)], 2)  # (F, NB, 2R)
-        keep = both.argsort(dim=2, stable=True)[..., :R]  # smallest keys win; on ties (empty) the old slot stays
-        kept = torch.zeros_like(both, dtype=torch.bool).scatter_(2, keep, True)
-        cand_row = cand_row.view(F, NB * R)
-        feats_grid = torch.arange(F).unsqueeze(1).expand_as(cand_row)
-        self._replace(self.res, (~kept[..., :R]).reshape(F, -1), kept[..., R:].reshape(F, -1), cand_row,
-                      flat[cand_row, feats_grid], cand_key.view(F, -1), ctx)
+        groups, counts = torch.unique_consecutive(g_sorted, return_counts=True)
+        rank = torch.arange(len(order)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        sel = rank < R
+        group = torch.repeat_interleave(torch.arange(len(groups)), counts)[sel]
+        cand_key = torch.full((len(groups), R), float("inf"), dtype=torch.float64)
+        cand_row = torch.zeros(len(groups), R, dtype=torch.int64)
+        cand_key[group, rank[sel]], cand_row[group, rank[sel]] = keys[order[sel]], rows[order[sel]]
+        old_key = self.res.key.view(-1, R)[groups]  # (G, R): slot b*R + r of feature f is row f*NB + b
+        both = torch.cat([old_key, cand_key], 1)  # (G, 2R)
+        keep = both.argsort(dim=1, stable=True)[:, :R]  # smallest keys win; on ties (empty) the old slot stays
+        kept = torch.zeros_like(both, dtype=torch.bool).scatter_(1, keep, True)
+        dg, dr = (~kept[:, :R]).nonzero(as_tuple=True)
+        sg, sr = kept[:, R:].nonzero(as_tuple=True)  # as many per group, in the same order
+        src_row, src_f = cand_row[sg, sr], groups[sg] // NB
+        self._write(self.res, groups[dg] // NB, (groups[dg] % NB) * R + dr, src_row, src_f,
+                    ctx[2].reshape(-1, self.sae.d_sae)[src_row, src_f], cand_key[sg, sr], ctx)
 
-    def _replace(self, ex: Examples, evicted: torch.Tensor, kept_new: torch.Tensor, rows: torch.Tensor,
-                 vals: torch.Tensor, keys: torch.Tensor, ctx) -> None:
-        """Write the kept candidates (F, S_new) into the evicted slots (F, S_old) of `ex`, in place. Per feature
-        (and, for reservoirs, per bin) as many slots are evicted as candidates kept, and nonzero() lists both in
-        the same feature-major order, so the i-th evicted slot takes the i-th kept candidate."""
-        dest = evicted.nonzero(as_tuple=True)
-        if dest[0].numel() == 0:
+    def _write(self, ex: Examples, dest_f: torch.Tensor, dest_slot: torch.Tensor, rows: torch.Tensor,
+               f: torch.Tensor, vals: torch.Tensor, keys: torch.Tensor, ctx) -> None:
+        """Materialise the candidates (row of the batch, feature f) into slots (dest_f, dest_slot) of ex, in place."""
+        if dest_f.numel() == 0:
             return
-        src = kept_new.nonzero(as_tuple=True)
-        new = self._materialise(rows[src], src[0], vals[src], keys[src], ctx)
+        new = self._materialise(rows, f, vals, keys, ctx)
         for target, value in zip(ex.fields(), new.fields(), strict=True):
-            target[dest] = value
+            target[dest_f, dest_slot] = value
 
     # --- materialising examples ------------------------------------------------------------------------------
 
     def _materialise(self, r: torch.Tensor, f: torch.Tensor, vals: torch.Tensor, keys: torch.Tensor,
                      ctx) -> Examples:
-        """Examples (leading dim n) for the (row, feature) pairs given; rows index the batch's B·T tokens."""
-        ids, positions, z, pattern, v, acts = ctx
+        """Examples (leading dim n) for the (row, feature) pairs given; rows index the batch's B·T tokens. The DFA
+        fields are left for flush()."""
+        ids, positions, acts, batch_no = ctx
         B, T = ids.shape
         b, t = r // T, r % T
-        offs = torch.arange(-LEFT, RIGHT + 1)
-        src = t.unsqueeze(1) + offs  # (n, W)
+        src = t.unsqueeze(1) + torch.arange(-LEFT, RIGHT + 1)  # (n, W)
         inside = (src >= 0) & (src < T)
         src_c = src.clamp(0, T - 1)
         bb = b.unsqueeze(1).expand_as(src_c)
         tok = torch.where(inside, ids[bb, src_c].to(torch.int32), -1)
         win_acts = torch.where(inside, acts[bb, src_c, f.unsqueeze(1).expand_as(src_c)], 0.0)
+        n, H = len(r), self.sae.n_heads
+        return Examples(value=vals.to(torch.float32), key=keys.to(torch.float64), position=positions[b, t],
+                        token_ids=tok, acts=win_acts.to(torch.float32), dfa=torch.zeros(n, W),
+                        dfa_heads=torch.zeros(n, H), pend_batch=torch.full((n,), batch_no, dtype=torch.int64),
+                        pend_row=r.to(torch.int64))
+
+    # --- deferred DFA ----------------------------------------------------------------------------------------
+
+    def flush(self, before: int | None = None) -> None:
+        """Compute the DFA of every example still waiting on a batch numbered below `before` (None: all of them)
+        and forget those batches' tensors."""
+        limit = self._batch_no if before is None else before
+        for ex in (self.top, self.res):
+            waiting = (ex.pend_batch >= 0) & (ex.pend_batch < limit)
+            fs, slots = waiting.nonzero(as_tuple=True)
+            if fs.numel() == 0:
+                continue
+            batch_of = ex.pend_batch[fs, slots]
+            for batch_no in batch_of.unique().tolist():
+                m = batch_of == batch_no
+                dfa, heads = self._dfa(self._batches[batch_no], ex.pend_row[fs[m], slots[m]], fs[m])
+                ex.dfa[fs[m], slots[m]] = dfa
+                ex.dfa_heads[fs[m], slots[m]] = heads
+            ex.pend_batch[fs, slots] = -1
+        for batch_no in [k for k in self._batches if k < limit]:
+            del self._batches[batch_no]
+
+    def _dfa(self, batch: tuple[torch.Tensor, ...], r: torch.Tensor, f: torch.Tensor,
+             chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+        """For n examples (row r of the batch's B·T tokens, feature f): the DFA toward the example's token from each
+        source in its window, summed over heads (n, W), and each head's whole contribution (n, head). Elementwise
+        products and sums per example only, so an example's numbers never depend on which others share the call;
+        small chunks keep the temporaries in cache."""
+        z, pattern, v = batch  # (B, T, head, d_head), (B, head, T, T), (B, T, kv_head, d_head)
+        T = z.shape[1]
         n_heads, d_head = self.sae.n_heads, self.sae.d_head
         if v.shape[2] != n_heads:  # grouped-query attention: each key/value head serves several heads
             v = v.repeat_interleave(n_heads // v.shape[2], dim=2)
-        att = pattern[b.unsqueeze(1), :, t.unsqueeze(1), src_c]  # (n, W, head)
-        if len(r) * W * d_head > 4 * v.shape[0] * T * self.sae.d_sae:
-            # many examples: project the whole batch onto every feature once, then gather
-            w_all = self.sae.W_eff.view(n_heads, d_head, -1)  # (head, d_head, F)
-            vproj_all = torch.einsum("bshd,hdf->bshf", v.to(w_all.dtype), w_all)  # (B, T, head, F)
-            ff = f.view(-1, 1, 1).expand(-1, W, n_heads)
-            hh = torch.arange(n_heads).view(1, 1, -1).expand_as(ff)
-            vproj = vproj_all[bb.unsqueeze(-1).expand_as(ff), src_c.unsqueeze(-1).expand_as(ff), hh, ff]
-            dfa = torch.where(inside, (att * vproj).sum(-1), 0.0)
-            zproj = torch.einsum("nhd,hdn->nh", z[b, t].to(w_all.dtype), w_all[:, :, f])
-            heads = zproj
-        else:
-            dfa = torch.zeros(len(r), W)
-            heads = torch.zeros(len(r), n_heads)
-            for chunk in torch.arange(len(r)).split(4096):  # bounded memory: (chunk, W, head, d_head)
-                w = self.sae.W_eff[:, f[chunk]].T.reshape(-1, n_heads, d_head)  # (c, head, d_head)
-                vproj = torch.einsum("cwhd,chd->cwh", v[bb[chunk], src_c[chunk]].to(w.dtype), w)
-                dfa[chunk] = torch.where(inside[chunk], (att[chunk] * vproj).sum(-1), 0.0)
-                heads[chunk] = torch.einsum("chd,chd->ch", z[b[chunk], t[chunk]].to(w.dtype), w)
-        return Examples(value=vals.to(torch.float32), key=keys.to(torch.float64), position=positions[b, t],
-                        token_ids=tok, acts=win_acts.to(torch.float32), dfa=dfa, dfa_heads=heads)
+        if self._w_rows is None:
+            self._w_rows = self.sae.W_eff.T.contiguous()  # (F, head·d_head): one feature's encoder column per row
+        # padded so that the window around t is rows t .. t+W-1 (zeros outside the sequence)
+        v_rows = torch.nn.functional.pad(v, (0, 0, 0, 0, LEFT, RIGHT)).reshape(-1, n_heads * d_head)  # (B·(T+W-1), ·)
+        att_win = torch.nn.functional.pad(pattern, (LEFT, RIGHT)).unfold(3, W, 1)  # (B, head, T, T, W) view
+        b, t = r // T, r % T
+        rows = (b * (T + W - 1) + t).unsqueeze(1) + torch.arange(W)  # (n, W)
+        w_all = self._w_rows.index_select(0, f).view(-1, n_heads, d_head)  # (n, head, d_head)
+        att_all = att_win[b, :, t, t].transpose(1, 2)  # (n, W, head)
+        dfa = torch.empty(len(r), W)
+        for part in torch.arange(len(r)).split(chunk):
+            v_win = v_rows.index_select(0, rows[part].view(-1)).view(-1, W, n_heads, d_head).to(w_all.dtype)
+            dfa[part] = (att_all[part] * (v_win * w_all[part].unsqueeze(1)).sum(-1)).sum(-1)
+        heads = (z[b, t].to(w_all.dtype) * w_all).sum(-1)
+        return dfa, heads
 
     def sorted_top(self) -> Examples:
         """The top examples largest first (ties: earlier corpus position first), empty slots last."""
+        self.flush()
         order = torch.argsort(self.top.key, dim=1, descending=True, stable=True)
         order = order.gather(1, torch.argsort(self.top.value.gather(1, order), dim=1, descending=True, stable=True))
         return self.top.take(order)
@@ -226,6 +283,8 @@ class FeatureStats:
 
     def merge(self, other: FeatureStats) -> None:
         """Fold another shard's statistics into these; the result does not depend on how the corpus was split."""
+        self.flush()
+        other.flush()
         self.tokens_seen += other.tokens_seen
         self.fire_count += other.fire_count
         self.max_act = torch.maximum(self.max_act, other.max_act)
@@ -255,10 +314,10 @@ def merge_bins(hist: torch.Tensor, j: int) -> torch.Tensor:
 
 
 def reservoir_shift(res: Examples, f: torch.Tensor, j: int) -> Examples:
-    """Merge the reservoirs of features f as their bins merge by 2**j: per new bin, the R smallest keys."""
+    """Merge the reservoirs of features f as their bins merge by 2**j: per new bin, the R smallest keys. Only the
+    rows of f are rewritten, in place."""
     n = f.numel()
     g = min(1 << j, NB)
-    sub = res.take(torch.arange(NB * R).expand(res.value.shape[0], -1))  # copy
     keys = res.key[f].view(n, NB // g, g * R)
     keep = keys.argsort(dim=2)[..., :R]  # (n, NB/g, R), index within the group of g·R slots
     base = (torch.arange(NB // g) * g * R).view(1, -1, 1)
@@ -266,9 +325,9 @@ def reservoir_shift(res: Examples, f: torch.Tensor, j: int) -> Examples:
     chosen = Examples(*(t[f] for t in res.fields())).take(index)
     pad = Examples.empty(n, (NB - NB // g) * R, res.dfa_heads.shape[-1], 0.0)
     merged = Examples.cat(chosen, pad)
-    for dst, src in zip(sub.fields(), merged.fields(), strict=True):
+    for dst, src in zip(res.fields(), merged.fields(), strict=True):
         dst[f] = src
-    return sub
+    return res
 
 
 # --- reading results out, and saving state for a resumable build ------------------------------------------------
@@ -282,35 +341,43 @@ def histogram(stats: FeatureStats, f: int) -> dict:
     return {"bin_edges": [i * width for i in range(last + 1)], "counts": counts[:last].tolist()}
 
 
-def interval_slots(stats: FeatureStats, f: int, n_intervals: int = 10, per: int = 5) -> list[tuple[int, int]]:
-    """(interval, reservoir slot) pairs: up to `per` examples from each of `n_intervals` equal-width intervals of
-    (0, max]. Each fine bin's reservoir is a uniform sample of its occurrences; examples are drawn across bins in
-    proportion to bin counts (weighted sampling by key**(1/weight)), so each interval's sample is close to uniform."""
-    top = float(stats.max_act[f])
-    if top <= 0:
-        return []
-    pos, val, key = stats.res.position[f], stats.res.value[f], stats.res.key[f]
-    filled = pos >= 0
-    bins = torch.arange(NB).repeat_interleave(R)
-    per_bin = torch.zeros(NB).index_add_(0, bins, filled.float())
-    weight = stats.hist[f].float()[bins] / per_bin[bins].clamp_min(1)
-    interval = (val / top * n_intervals).long().clamp(0, n_intervals - 1)
+def interval_slots(stats: FeatureStats, features: list[int], n_intervals: int = 10,
+                   per: int = 5) -> list[list[tuple[int, int]]]:
+    """Per feature, (interval, reservoir slot) pairs: up to `per` examples from each of `n_intervals` equal-width
+    intervals of (0, max], by interval, largest activation first within one. Each fine bin's reservoir is a uniform
+    sample of its occurrences; examples are drawn across bins in proportion to bin counts (weighted sampling by
+    key**(1/weight)), so each interval's sample is close to uniform. All features at once."""
+    f = torch.as_tensor(features, dtype=torch.int64)
+    top = stats.max_act[f]  # (n,)
+    pos, val, key = stats.res.position[f], stats.res.value[f], stats.res.key[f]  # (n, S)
+    filled = (pos >= 0) & (top > 0).unsqueeze(1)
+    bins = torch.arange(NB).repeat_interleave(R)  # (S,)
+    per_bin = filled.view(-1, NB, R).sum(-1).float()  # (n, NB)
+    weight = (stats.hist[f].float() / per_bin.clamp_min(1))[:, bins]  # (n, S)
+    interval = (val / top.clamp_min(1e-30).unsqueeze(1) * n_intervals).long().clamp(0, n_intervals - 1)
+    interval = interval.masked_fill(~filled, n_intervals)  # empty slots sort last and are never chosen
     priority = key.clamp_min(1e-300).log() / weight.clamp_min(1e-12)  # log(key**(1/w)): larger is chosen first
-    out = []
-    for i in range(n_intervals):
-        slots = (filled & (interval == i)).nonzero(as_tuple=True)[0]
-        chosen = slots[priority[slots].argsort(descending=True)[:per]]
-        chosen = chosen[val[chosen].argsort(descending=True)]
-        out += [(i, int(s)) for s in chosen]
-    return out
+    by_priority = priority.argsort(dim=1, descending=True, stable=True)
+    order = by_priority.gather(1, interval.gather(1, by_priority).argsort(dim=1, stable=True))  # interval, priority
+    iv = interval.gather(1, order)
+    first = torch.searchsorted(iv.contiguous(), iv.contiguous(), right=False)  # where each slot's interval starts
+    chosen = (torch.arange(iv.shape[1]).expand_as(iv) - first < per) & (iv < n_intervals)
+    # within an interval, the largest activation first: sort the chosen by (interval asc, value desc)
+    v = val.gather(1, order).masked_fill(~chosen, float("-inf"))
+    by_value = v.argsort(dim=1, descending=True, stable=True)
+    final = by_value.gather(1, iv.gather(1, by_value).masked_fill(~chosen.gather(1, by_value), n_intervals + 1)
+                            .argsort(dim=1, stable=True))
+    slots, ivs, ok = order.gather(1, final).tolist(), iv.gather(1, final).tolist(), chosen.gather(1, final).tolist()
+    return [[(i, s) for s, i, c in zip(srow, irow, crow, strict=True) if c]
+            for srow, irow, crow in zip(slots, ivs, ok, strict=True)]
 
 
 def state_dict(stats: FeatureStats) -> dict[str, torch.Tensor]:
+    stats.flush()  # a checkpoint holds finished examples only
     out = {"tokens_seen": torch.tensor(stats.tokens_seen), "fire_count": stats.fire_count, "max_act": stats.max_act,
            "log2_scale": stats.log2_scale, "hist": stats.hist}
     for prefix, ex in (("top", stats.top), ("res", stats.res)):
-        for name, t in zip(("value", "key", "position", "token_ids", "acts", "dfa", "dfa_heads"), ex.fields(),
-                           strict=True):
+        for name, t in zip(STORED, ex.fields(), strict=False):
             out[f"{prefix}.{name}"] = t.contiguous()
     return out
 
@@ -320,5 +387,6 @@ def load_state_dict(stats: FeatureStats, state: dict[str, torch.Tensor]) -> None
     stats.fire_count, stats.max_act = state["fire_count"].clone(), state["max_act"].clone()
     stats.log2_scale, stats.hist = state["log2_scale"].clone(), state["hist"].clone()
     for prefix in ("top", "res"):
-        names = ("value", "key", "position", "token_ids", "acts", "dfa", "dfa_heads")
-        setattr(stats, prefix, Examples(*(state[f"{prefix}.{n}"].clone() for n in names)))
+        stored = [state[f"{prefix}.{n}"].clone() for n in STORED]
+        done = torch.full(stored[0].shape, -1, dtype=torch.int64)  # nothing waits for a DFA in a checkpoint
+        setattr(stats, prefix, Examples(*stored, pend_batch=done, pend_row=torch.zeros_like(done)))

@@ -2,7 +2,8 @@
 dicts whose fields are the contract's; knows nothing of HTTP, storage or settings.
 
 Input problems raise NotFound (an unknown layer, feature or position), TooLong (more tokens than the context)
-or Invalid (anything else a caller sent), each with a message that says what to change.
+or Invalid (anything else a caller sent), each with a message that says what to change. Steering past its
+deadline raises OverBudget.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ class Engine:
     # --- steering ---------------------------------------------------------------------------------------------
 
     def steer(self, text: str, interventions: list[dict], max_new_tokens: int = 32, temperature: float = 0.0,
-              seed: int = 0, top_logprobs: int = 5) -> dict:
+              seed: int = 0, top_logprobs: int = 5, deadline: float | None = None) -> dict:
+        """deadline: a time.monotonic() value past which generation stops with OverBudget."""
         if not 0 <= max_new_tokens <= self.model.cfg.n_ctx:
             raise Invalid(f"max_new_tokens must be between 0 and the context, {self.model.cfg.n_ctx}; "
                           f"got {max_new_tokens}")
@@ -188,7 +190,8 @@ class Engine:
         runs = {}
         for key, chosen in (("default", []), ("steered", edits)):
             try:
-                gen = generate(self.model, ids, max_new_tokens, temperature, seed, top_logprobs, self.saes, chosen)
+                gen = generate(self.model, ids, max_new_tokens, temperature, seed, top_logprobs, self.saes, chosen,
+                               deadline)
             except FloatingPointError as exc:
                 raise Invalid("the interventions drove the model's logits to infinity or NaN: "
                               "use smaller values") from exc

@@ -7,6 +7,7 @@ SAE-decode(a') + (z - SAE-decode(a)): the edited reconstruction plus the untouch
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,10 @@ from app.engine.features import flat_z
 from app.engine.saes import AttnSAE
 
 MODES = ("add", "clamp", "ablate")
+
+
+class OverBudget(RuntimeError):
+    """Generation passed its deadline (checked between tokens, so a forward pass is never cut in half)."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,10 @@ def generate(
     top_logprobs: int,
     saes: dict[int, AttnSAE],
     interventions: list[Intervention],
+    deadline: float | None = None,
 ) -> Generation:
-    """Greedy (temperature 0) or seeded sampling from ids (1, T), with interventions on hook_z."""
+    """Greedy (temperature 0) or seeded sampling from ids (1, T), with interventions on hook_z; stops with
+    OverBudget once time.monotonic() passes deadline."""
     prompt_len = ids.shape[1]
     hooks = []
     for layer in sorted({e.layer for e in interventions}):
@@ -82,6 +89,8 @@ def generate(
         for _ in range(max_new_tokens):
             if ids.shape[1] >= model.cfg.n_ctx:
                 break
+            if deadline is not None and time.monotonic() > deadline:
+                raise OverBudget(f"generation passed its time budget after {len(out.token_ids)} tokens")
             logits = model.run_with_hooks(ids, fwd_hooks=hooks)[0, -1].float()  # (d_vocab,)
             if not torch.isfinite(logits).all():
                 raise FloatingPointError("the edited model produced non-finite logits")

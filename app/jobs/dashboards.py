@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +24,8 @@ from tqdm import tqdm
 
 from app.engine.dashboard_stats import (
     LEFT,
+    STORED,
+    Examples,
     FeatureStats,
     histogram,
     interval_slots,
@@ -61,12 +64,16 @@ class BuildParams:
 
 
 def run_pass(engine: Engine, corpus: torch.Tensor, layers: list[int], batch_size: int, top_k: int,
-             rows: range | None = None, checkpoint: Path | None = None, checkpoint_every: int = 20,
-             progress: bool = True, stop_after: int | None = None) -> dict[int, FeatureStats]:
-    """Statistics of every feature of the SAEs on `layers` over corpus rows (BOS first in each row)."""
+             rows: range | None = None, checkpoint: Path | None = None, checkpoint_every: int | None = None,
+             progress: bool = True, stop_after: int | None = None,
+             checkpoint_seconds: float = 60.0) -> dict[int, FeatureStats]:
+    """Statistics of every feature of the SAEs on `layers` over corpus rows (BOS first in each row). With a
+    checkpoint path, the state is saved every checkpoint_seconds (or every checkpoint_every batches) and at the end:
+    a killed pass loses at most that much work."""
     rows = rows or range(corpus.shape[0])
     T = corpus.shape[1]
-    stats = {layer: FeatureStats(engine.saes[layer], k=top_k) for layer in layers}
+    defer = deferred_batches(engine, len(layers), batch_size, T)
+    stats = {layer: FeatureStats(engine.saes[layer], k=top_k, defer=defer) for layer in layers}
     done_rows = rows.start
     if checkpoint is not None and checkpoint.exists():
         state = load_file(checkpoint)
@@ -77,7 +84,7 @@ def run_pass(engine: Engine, corpus: torch.Tensor, layers: list[int], batch_size
     names = [f"blocks.{layer}.attn.{h}" for layer in layers for h in ("hook_z", "hook_pattern", "hook_v")]
     bar = tqdm(total=len(rows) * T, initial=(done_rows - rows.start) * T, unit="tok", desc="dashboards: corpus pass",
                disable=not progress, smoothing=0.1)
-    batches = 0
+    batches, last_checkpoint = 0, time.monotonic()
     for start in range(done_rows, rows.stop, batch_size):
         ids = corpus[start : min(start + batch_size, rows.stop)].to(engine.device)
         positions = torch.arange(start * T, start * T + ids.numel(), device=engine.device).view(ids.shape)
@@ -89,12 +96,26 @@ def run_pass(engine: Engine, corpus: torch.Tensor, layers: list[int], batch_size
         bar.update(ids.numel())
         batches += 1
         done_rows = start + ids.shape[0]
-        if checkpoint is not None and (batches % checkpoint_every == 0 or done_rows >= rows.stop):
+        due = (batches % checkpoint_every == 0 if checkpoint_every else
+               time.monotonic() - last_checkpoint >= checkpoint_seconds)
+        if checkpoint is not None and (due or done_rows >= rows.stop):
+            last_checkpoint = time.monotonic()
             save_checkpoint(checkpoint, stats, done_rows)
         if stop_after is not None and batches >= stop_after:  # for tests: a build killed between batches
             break
     bar.close()
+    for s in stats.values():
+        s.flush()
     return stats
+
+
+def deferred_batches(engine: Engine, n_layers: int, batch_size: int, T: int, budget_bytes: int = 1 << 30) -> int:
+    """How many batches an example may wait for its DFA: as many as keeping their z, pattern and v for every
+    layer fits in budget_bytes (at most 16; 0 for long contexts, whose patterns are large)."""
+    cfg = engine.model.cfg
+    kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    per_batch = 4 * batch_size * T * (cfg.n_heads * cfg.d_head + kv_heads * cfg.d_head + cfg.n_heads * T)
+    return int(max(0, min(16, budget_bytes // max(1, per_batch * n_layers))))
 
 
 def save_checkpoint(path: Path, stats: dict[int, FeatureStats], done_rows: int) -> None:
@@ -107,35 +128,48 @@ def save_checkpoint(path: Path, stats: dict[int, FeatureStats], done_rows: int) 
     tmp.replace(path)  # atomic: a kill never leaves half a checkpoint
 
 
-def feature_dashboards(engine: Engine, stats: FeatureStats, features: list[int], params: BuildParams) -> list[
-        FeatureDashboard]:
+def feature_dashboards(engine: Engine, stats: FeatureStats, features: list[int], params: BuildParams,
+                       top: Examples | None = None) -> list[FeatureDashboard]:
+    """Dashboards of these features from the pass's statistics; top: stats.sorted_top(), when the caller has it."""
     weights = engine.feature_weights(stats.sae.layer, features)
-    top = stats.sorted_top()
+    top = top if top is not None else stats.sorted_top()
+    f = torch.as_tensor(features, dtype=torch.int64)
+    # numpy views of just these features' rows: per-example slicing below stays cheap
+    t_np, r_np = stored_arrays(top, f), stored_arrays(stats.res, f)
+    chosen = interval_slots(stats, features, params.n_intervals, params.per_interval)
+    fire, max_act = stats.fire_count[f].tolist(), stats.max_act[f].tolist()
     out = []
-    for f, w in zip(features, weights, strict=True):
-        examples = []
-        for rank, slot in enumerate(s for s in range(stats.k) if int(top.position[f, s]) >= 0):
-            examples.append(_example(top, f, slot, "top", rank, None))
-        for rank, (interval, slot) in enumerate(interval_slots(stats, f, params.n_intervals, params.per_interval)):
-            examples.append(_example(stats.res, f, slot, "interval", rank, interval))
+    for i, (feature, w) in enumerate(zip(features, weights, strict=True)):
+        examples = [_example(t_np, i, slot, "top", rank, None)
+                    for rank, slot in enumerate(s for s in range(stats.k) if t_np["position"][i, s] >= 0)]
+        examples += [_example(r_np, i, slot, "interval", rank, interval)
+                     for rank, (interval, slot) in enumerate(chosen[i])]
         out.append(FeatureDashboard(
-            index=f, density=int(stats.fire_count[f]) / max(1, stats.tokens_seen),
-            max_activation=float(stats.max_act[f]), histogram=histogram(stats, f),
-            logit_effects=w["logit_effects"], head_attribution=w["head_attribution"],
-            similar=w["similar_features"], examples=examples,
+            index=feature, density=fire[i] / max(1, stats.tokens_seen), max_activation=max_act[i],
+            histogram=histogram(stats, feature), logit_effects=w["logit_effects"],
+            head_attribution=w["head_attribution"], similar=w["similar_features"], examples=examples,
         ))
     return out
 
 
-def _example(ex, f: int, slot: int, kind: str, rank: int, interval: int | None) -> ExampleData:
-    ids = ex.token_ids[f, slot]
-    keep = ids >= 0  # the window, less what falls outside its sequence
-    first = int(keep.nonzero()[0])
+def stored_arrays(ex: Examples, f: torch.Tensor) -> dict[str, np.ndarray]:
+    """These features' slots as numpy arrays already in their stored types (int32 ids, float16 values), with each
+    window's first in-sequence token and length (a window less what falls outside its sequence is contiguous)."""
+    out = {name: x[f].numpy() for name, x in zip(STORED, ex.fields(), strict=False)}
+    for name in ("acts", "dfa", "dfa_heads"):
+        out[name] = out[name].astype("<f2")
+    inside = out["token_ids"] >= 0
+    out["first"], out["length"] = inside.argmax(-1), inside.sum(-1)
+    return out
+
+
+def _example(ex: dict[str, np.ndarray], i: int, slot: int, kind: str, rank: int, interval: int | None) -> ExampleData:
+    first = int(ex["first"][i, slot])
+    window = slice(first, first + int(ex["length"][i, slot]))
     return ExampleData(
-        kind=kind, rank=rank, interval=interval, token_ids=ids[keep].tolist(),
-        activations=ex.acts[f, slot][keep].tolist(), max_position=LEFT - first,
-        dfa=ex.dfa[f, slot][keep].tolist(), dfa_heads=ex.dfa_heads[f, slot].tolist(),
-        corpus_position=int(ex.position[f, slot]),
+        kind=kind, rank=rank, interval=interval, token_ids=ex["token_ids"][i, slot, window],
+        activations=ex["acts"][i, slot, window], max_position=LEFT - first, dfa=ex["dfa"][i, slot, window],
+        dfa_heads=ex["dfa_heads"][i, slot], corpus_position=int(ex["position"][i, slot]),
     )
 
 
@@ -152,7 +186,7 @@ def register(session: Session, engine: Engine, model_slug: str) -> dict[int, obj
 def build(engine: Engine, factory: sessionmaker[Session], corpus: torch.Tensor, params: BuildParams, *,
           model_slug: str = "demo", layers: list[int] | None = None, batch_size: int = 8,
           feature_batch: int = 256, work_dir: Path | None = None, progress: bool = True,
-          pass_fn: Callable[..., dict[int, FeatureStats]] | None = None) -> dict:
+          pass_fn: Callable[..., dict[int, FeatureStats]] | None = None, checkpoint_seconds: float = 60.0) -> dict:
     """Build (or resume) dashboards for every feature of the chosen layers; returns a summary with timings."""
     layers = sorted(layers if layers is not None else engine.saes)
     t0 = time.perf_counter()
@@ -169,16 +203,18 @@ def build(engine: Engine, factory: sessionmaker[Session], corpus: torch.Tensor, 
     if pass_fn is not None:  # e.g. shards on a Ray cluster
         stats = pass_fn(engine, corpus, layers, batch_size, params.top_k)
     else:
-        stats = run_pass(engine, corpus, layers, batch_size, params.top_k, checkpoint=checkpoint, progress=progress)
+        stats = run_pass(engine, corpus, layers, batch_size, params.top_k, checkpoint=checkpoint, progress=progress,
+                         checkpoint_seconds=checkpoint_seconds)
     t_pass = time.perf_counter() - t0
     for layer in layers:
         with transaction(factory) as session:
             build_id = start_build(session, sae=session.merge(saes[layer]), params=params.as_dict()).id
         pending = sorted(todo[layer])
+        top = stats[layer].sorted_top()
         bar = tqdm(total=len(pending), unit="feature", desc=f"dashboards: writing L{layer}", disable=not progress)
         for i in range(0, len(pending), feature_batch):
             chunk = pending[i : i + feature_batch]
-            dashboards = feature_dashboards(engine, stats[layer], chunk, params)
+            dashboards = feature_dashboards(engine, stats[layer], chunk, params, top)
             with transaction(factory) as session:  # a batch of features is written whole or not at all
                 write_features(session, sae=session.merge(saes[layer]), build_id=build_id, dashboards=dashboards)
             summary["features_written"] += len(chunk)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, insert, select
@@ -27,11 +28,11 @@ from app.store.packing import pack_ids, pack_values, unpack_ids, unpack_values
 class ExampleData:
     kind: str  # "top" or "interval"
     rank: int
-    token_ids: list[int]
-    activations: list[float]
+    token_ids: Sequence[int]  # lists or numpy arrays: they are packed into bytes as they are
+    activations: Sequence[float]
     max_position: int
-    dfa: list[float]  # per source token: attribution toward max_position, summed over heads
-    dfa_heads: list[float]  # per head: its total attribution
+    dfa: Sequence[float]  # per source token: attribution toward max_position, summed over heads
+    dfa_heads: Sequence[float]  # per head: its total attribution
     interval: int | None = None
     corpus_position: int = -1  # position of the example's token in the build's corpus
 
@@ -129,17 +130,24 @@ def write_features(session: Session, *, sae: SAERecord, build_id: int | None,
     ).all()
     ids = {index: fid for fid, index in rows}
     examples = [
-        {"feature_id": ids[d.index], "kind": e.kind, "rank": e.rank, "interval": e.interval,
-         "max_position": e.max_position, "corpus_position": e.corpus_position, "token_ids": pack_ids(e.token_ids),
-         "activations": pack_values(e.activations),
-         "dfa": pack_values(e.dfa), "dfa_heads": pack_values(e.dfa_heads)}
+        (ids[d.index], e.kind, e.rank, e.interval, e.max_position, e.corpus_position, pack_ids(e.token_ids),
+         pack_values(e.activations), pack_values(e.dfa), pack_values(e.dfa_heads))
         for d in dashboards for e in d.examples
     ]
-    if examples:
-        session.execute(insert(ExampleRecord), examples)
+    if examples:  # straight to the driver's executemany: a build writes a few hundred thousand plain rows
+        connection = session.connection()
+        dialect = connection.dialect
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        names = ", ".join(dialect.identifier_preparer.quote(c) for c in EXAMPLE_COLUMNS)
+        marks = ", ".join([mark] * len(EXAMPLE_COLUMNS))
+        connection.exec_driver_sql(f"INSERT INTO {ExampleRecord.__tablename__} ({names}) VALUES ({marks})", examples)
     if build_id is not None:
         build = session.get(DashboardBuild, build_id)
         build.features_written += len(dashboards)
+
+
+EXAMPLE_COLUMNS = ("feature_id", "kind", "rank", "interval", "max_position", "corpus_position", "token_ids",
+                   "activations", "dfa", "dfa_heads")  # the order of write_features' row tuples
 
 
 # A model's token texts never change once written (put_tokens writes the whole vocabulary once), so readers keep

@@ -37,6 +37,12 @@ def verify(session: Session, *, key: str) -> APIKey | None:
     return record
 
 
+def live(session: Session, *, key_id: int) -> APIKey | None:
+    """The key with this id if it has not been revoked (a signed-in browser's key, checked at each use)."""
+    record = session.get(APIKey, key_id)
+    return record if record is not None and record.revoked_at is None else None
+
+
 def revoke(session: Session, *, key_id: int) -> APIKey | None:
     record = session.get(APIKey, key_id)
     if record is not None and record.revoked_at is None:

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api_errors import install_error_handlers
+from app.api_errors import http_error_detail, http_error_json, install_error_handlers
 from app.config import Settings
 from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
-from app.web.pages import discover, explorer, feature_pages, steering
+from app.web.auth import CookieSigner, install_sessions, session_secret, sign_in_gate
+from app.web.deps import DATABASE_DOWN
+from app.web.pages import account, discover, explorer, feature_pages, steering
 from app.web.pages.render import FRONTEND, render
 from app.web.ratelimit import TokenBuckets
 from app.web.services import NotFound
@@ -28,6 +30,10 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
 # browser libraries installed from the npm registry by `npm ci --prefix frontend`, served by the app (no CDN)
 VENDOR = {"htmx.min.js": FRONTEND / "node_modules" / "htmx.org" / "dist" / "htmx.min.js",
           "plotly.min.js": FRONTEND / "node_modules" / "plotly.js-dist-min" / "plotly.min.js"}
+
+
+TITLES = {401: "Sign-in needed", 403: "Not allowed", 404: "Not found", 413: "Too large", 422: "Check the input",
+          429: "Slow down", 503: "Unavailable for a moment"}
 
 
 def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
@@ -47,13 +53,18 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         await worker.close()
         db.dispose()
 
+    signer = CookieSigner(session_secret(settings.secret_key, settings.data_dir), settings.session_hours * 3600)
     app = FastAPI(title="SAE Explorer", version="0.1.0", lifespan=lifespan,
-                  description="Attention-output SAE features: dashboards, explanations, prompt analysis, steering")
+                  dependencies=[Depends(sign_in_gate)] if settings.read_requires_sign_in else [],
+                  description="Attention-output SAE features: dashboards, explanations, prompt analysis, steering. "
+                              "Reading is open unless the server requires sign-in; writes need an API key "
+                              "(X-API-Key header) or a signed-in browser session with its CSRF token.")
     app.state.settings = settings
     app.state.sessions = make_sessionmaker(db)
     app.state.worker = worker
     app.state.rate_limits = TokenBuckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     install_error_handlers(app)
+    install_sessions(app, signer, secure=settings.secure_cookies)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -63,6 +74,17 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        """Pages answer errors as a page with the message (the API and redirects keep their JSON)."""
+        path = request.url.path
+        if exc.status_code < 400 or path.startswith(("/api/", "/static/")) or path in ("/health", "/ready"):
+            return await http_error_json(request, exc)
+        title = TITLES.get(exc.status_code, "Something went wrong")
+        return render(request, "error.html", {"message": http_error_detail(exc), "model_slug": settings.model_slug,
+                                              "title": title}, status_code=exc.status_code,
+                      headers=getattr(exc, "headers", None))
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound):
@@ -86,6 +108,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
                             headers={"Cache-Control": "public, max-age=86400"})
 
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
+    app.include_router(account.router)
     app.include_router(explorer.router)
     app.include_router(steering.router)  # before feature pages: /{model}/steer is not /{model}/{sae}/{feature}
     app.include_router(discover.router)
@@ -103,7 +126,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         try:
             with app.state.sessions() as session:
                 session.execute(text("SELECT 1"))
-        except OperationalError:
+        except DATABASE_DOWN:
             checks["database"] = "unavailable"
         ok = checks["database"] == "ok" and bool(checks["workers"])
         return JSONResponse({"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503,

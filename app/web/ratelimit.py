@@ -38,6 +38,9 @@ def caller_id(request: Request, x_api_key: str | None, authorization: str | None
                         else None)
     if key:  # by key (hashed: the key itself is never kept), whether or not it is valid
         return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    browser = getattr(request.state, "browser", None)
+    if browser is not None and browser.key_id is not None:  # a signed-in browser counts as its key
+        return f"key-id:{browser.key_id}"
     return "ip:" + (request.client.host if request.client else "unknown")
 
 

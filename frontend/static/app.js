@@ -1,5 +1,13 @@
 // SAE Explorer's own script: draws the Plotly figures that pages embed as JSON, on load and after every HTMX swap.
 (function () {
+  // Error answers of pages are HTML meant to be seen (a form's message, a 503 page): swap them in like any other
+  if (window.htmx) {
+    htmx.config.responseHandling = [
+      { code: "204", swap: false },
+      { code: "[23]..", swap: true },
+      { code: "[45]..", swap: true, error: true },
+    ];
+  }
   function draw(root) {
     root.querySelectorAll(".plot > script[type='application/json']").forEach(function (block) {
       var box = block.parentElement;

@@ -136,3 +136,19 @@ def test_reservoirs_hold_occurrences_of_their_bin(engine, corpus):
             assert len(filled) == min(2, int(stats.hist[f, b]))
             for p in filled.tolist():
                 assert int((acts[p, f] / scale * NB).clamp(max=NB - 1)) == b
+
+
+def test_deferring_dfa_changes_nothing(engine, corpus):
+    """Examples get their DFA when they have survived `defer` batches (or at a flush); the statistics and every
+    example are bit-for-bit those of computing each DFA at once, whenever the flushes fall."""
+    at_once = run(engine, corpus, range(0, 12), batch=2, stats=FeatureStats(engine.saes[1], k=5, defer=0))
+    at_once.flush()
+    for defer in (1, 3, 100):
+        late = run(engine, corpus, range(0, 6), batch=2, stats=FeatureStats(engine.saes[1], k=5, defer=defer))
+        late.flush()  # as before a checkpoint, in the middle of the corpus
+        late = run(engine, corpus, range(6, 12), batch=2, stats=late)
+        late.flush()
+        for mine, theirs in ((late.top, at_once.top), (late.res, at_once.res)):
+            for a, b in zip(mine.fields(), theirs.fields(), strict=True):
+                assert torch.equal(a, b), defer
+        assert late._batches == {}  # the kept batch tensors are freed

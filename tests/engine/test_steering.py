@@ -3,11 +3,13 @@ decode(edited latents) + error; heads and positions limit an edit exactly."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from app.engine.engine import Engine
-from app.engine.steering import Intervention, _edit_hook
+from app.engine.steering import Intervention, OverBudget, _edit_hook
 from tests.conftest import ARCHITECTURES
 
 PROMPT = "The quick brown fox"
@@ -115,3 +117,11 @@ def test_extreme_temperatures_sample_safely(engines, temperature):
     if temperature < 1e-6:
         greedy = engines["standard"].steer(PROMPT, [], max_new_tokens=4, temperature=0.0)
         assert out["default"]["token_ids"] == greedy["default"]["token_ids"]
+
+
+def test_a_passed_deadline_stops_generation(engines):
+    engine = engines["standard"]
+    with pytest.raises(OverBudget, match="after 0 tokens"):
+        engine.steer("The quick brown fox", [], max_new_tokens=5, deadline=time.monotonic() - 1)
+    assert len(engine.steer("The quick brown fox", [], max_new_tokens=5,
+                            deadline=time.monotonic() + 60)["steered"]["token_ids"]) == 5

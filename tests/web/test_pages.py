@@ -17,6 +17,7 @@ from app.store import keys
 from app.store.db import make_engine, make_sessionmaker, transaction, upgrade
 from app.web.app import create_web_app
 from app.worker.service import create_worker_app
+from tests.web.forms import csrf_token, sign_in
 
 XSS = '<img src=x onerror=alert(1)> <script>alert(2)</script>'
 
@@ -63,7 +64,9 @@ def test_token_feature_and_dfa_state_in_the_url(site):
 
 def test_save_and_permalink(site):
     c, _ = site
-    r = c.post("/p", data={"text": "The quick brown fox", "layer": 1, "pos": 2}, follow_redirects=False)
+    form = {"text": "The quick brown fox", "layer": 1, "pos": 2}
+    assert c.post("/p", data=form).status_code == 403  # no CSRF token: refused
+    r = c.post("/p", data={**form, "csrf_token": csrf_token(c)}, follow_redirects=False)
     assert r.status_code == 303
     link = r.headers["location"]
     page = c.get(link)
@@ -79,15 +82,18 @@ def test_prompts_are_escaped(site):
 
 
 def test_feature_page_and_explanation_form(site):
-    c, key = site
+    c, key = TestClient(site[0].app), site[1]  # a browser of its own: signing in does not leak into other tests
     page = c.get("/demo/L1/5")
     assert page.status_code == 200 and "Top activations" in page.text and "Feature 5" in page.text
     assert page.text.count('type="application/json"') == 3  # histogram, heads, logits
     assert c.get("/demo/L1/5", headers={"HX-Request": "true"}).text.lstrip().startswith("<nav")
-    bad = c.post("/demo/L1/5/explanations", data={"text": "fires on foxes", "api_key": "saex_nope"})
-    assert bad.status_code == 403 and "unknown or revoked" in bad.text
-    ok = c.post("/demo/L1/5/explanations", data={"text": "fires on <b>foxes</b>", "api_key": key})
-    assert ok.status_code == 200 and "fires on &lt;b&gt;foxes&lt;/b&gt;" in ok.text
+    assert "Sign in</a> to add or" in page.text and "Add an explanation" not in page.text
+    anon = c.post("/demo/L1/5/explanations", data={"text": "fires on foxes", "csrf_token": csrf_token(c)})
+    assert anon.status_code == 401 and "Sign in to write explanations" in anon.text
+    token = sign_in(c, key)
+    assert "Add an explanation" in c.get("/demo/L1/5").text
+    ok = c.post("/demo/L1/5/explanations", data={"text": "fires on <b>foxes</b>", "csrf_token": token})
+    assert ok.status_code == 200 and "fires on &lt;b&gt;foxes&lt;/b&gt;" in ok.text and "alice" in ok.text
     assert c.get("/demo/L9/5").status_code == 404
     assert "not &#39;gpt2&#39;" in c.get("/gpt2/L1/5").text  # escaped like any user input
 
@@ -107,6 +113,7 @@ def test_steering_page_and_permalink(site):
     data = {"text": "The quick brown fox", "max_new_tokens": 5, "temperature": 0, "seed": 0,
             "layer": ["1", ""], "feature": ["7", ""], "mode": ["clamp", "add"], "value": ["40", ""],
             "heads": ["0, 2", ""], "positions": ["", ""]}
+    data["csrf_token"] = csrf_token(c)
     r = c.post("/demo/steer", data=data, follow_redirects=False)
     assert r.status_code == 303, r.text
     page = c.get(r.headers["location"])
@@ -148,17 +155,21 @@ def test_security_headers(site):
 
 
 def test_edit_and_delete_explanations_from_the_page(site):
-    c, key = site
-    page = c.post("/demo/L1/6/explanations", data={"text": "first try", "api_key": key})
+    c, key = TestClient(site[0].app), site[1]
+    token = sign_in(c, key)
+    page = c.post("/demo/L1/6/explanations", data={"text": "first try", "csrf_token": token})
     ex_id = int(re.search(r"/demo/L1/6/explanations/(\d+)", page.text).group(1))
     url = f"/demo/L1/6/explanations/{ex_id}"
-    assert c.post(url, data={"action": "edit", "text": "better", "api_key": "saex_nope"}).status_code == 403
-    assert c.post(url, data={"action": "edit", "text": " ", "api_key": key}).status_code == 422
-    edited = c.post(url, data={"action": "edit", "text": "fires after 'def'", "api_key": key})
+    assert c.post(url, data={"action": "edit", "text": "better"}).status_code == 403  # no CSRF token
+    assert c.post(url, data={"action": "edit", "text": "better", "csrf_token": "forged"}).status_code == 403
+    stranger = TestClient(site[0].app)
+    assert stranger.post(url, data={"action": "delete", "csrf_token": csrf_token(stranger)}).status_code == 401
+    assert c.post(url, data={"action": "edit", "text": " ", "csrf_token": token}).status_code == 422
+    edited = c.post(url, data={"action": "edit", "text": "fires after 'def'", "csrf_token": token})
     assert edited.status_code == 200 and "fires after &#39;def&#39;" in edited.text and "first try" not in edited.text
-    gone = c.post(url, data={"action": "delete", "api_key": key})
+    gone = c.post(url, data={"action": "delete", "csrf_token": token})
     assert gone.status_code == 200 and "No explanation yet" in gone.text
-    assert c.post(url, data={"action": "delete", "api_key": key}).status_code == 404
+    assert c.post(url, data={"action": "delete", "csrf_token": token}).status_code == 404
 
 
 def test_pages_say_clearly_when_the_worker_is_down(tmp_path):
@@ -168,6 +179,7 @@ def test_pages_say_clearly_when_the_worker_is_down(tmp_path):
         page = c.get("/", params={"text": "The quick brown fox"})
         assert page.status_code == 503 and "inference worker is unavailable" in page.text
         assert page.text.lstrip().startswith("<!doctype html>")  # a whole page with the message, not a broken one
-        steer = c.post("/demo/steer", data={"text": "fox", "max_new_tokens": 2, "layer": ["1"], "feature": ["2"],
+        steer = c.post("/demo/steer", data={"csrf_token": csrf_token(c), "text": "fox",
+                                            "max_new_tokens": 2, "layer": ["1"], "feature": ["2"],
                                             "mode": ["add"], "value": ["1"], "heads": [""], "positions": [""]})
         assert steer.status_code == 503 and "inference worker is unavailable" in steer.text

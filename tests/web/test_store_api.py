@@ -101,3 +101,24 @@ def test_bad_explanation_bodies(client, built, body):
 def test_search_needs_a_query(client):
     assert client.get("/api/v1/explanations/search").status_code == 422
     assert client.get("/api/v1/explanations/search", params={"q": "nothing-matches-this"}).json()["results"] == []
+
+
+def test_a_failed_commit_is_a_503_not_an_acknowledged_write(client, built):
+    """The session commits before the answer is sent: when the database drops the commit, the writer hears 503 +
+    Retry-After (never a 201 for a write that was lost, never a dropped connection) and nothing is stored."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    def drop(session) -> None:
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    url = "/api/v1/saes/L1/features/5/explanations"
+    factory = client.app.state.sessions
+    event.listen(factory, "before_commit", drop)
+    try:
+        r = client.post(url, json={"text": "lost in transit"}, headers={"X-API-Key": built["key"]})
+    finally:
+        event.remove(factory, "before_commit", drop)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
+    assert "database is unavailable" in r.json()["detail"]
+    assert client.get(url).json() == []

@@ -178,3 +178,54 @@ def test_request_ids_and_json_logs(client, caplog):
     assert first["path"] == "/v1/analyze" and first["status"] == 200 and first["ms"] > 0
     text = "\n".join(_json.dumps(line) for line in lines)
     assert "private prompt" not in text and "secret" not in text  # no bodies, no query strings
+
+
+def test_time_budget_stops_steering_between_tokens(engine):
+    """A long generation under a small budget ends in 503 + Retry-After (stopped between tokens, not hung); the
+    same request under the default budget is answered whole."""
+    steer = {"text": PROMPT, "max_new_tokens": 80, "interventions": []}
+    with TestClient(create_worker_app(engine, time_budget_s=0.02)) as tight:
+        r = tight.post("/v1/steer", json=steer)
+    assert r.status_code == 503 and r.headers["Retry-After"].isdigit()
+    assert "time budget of 0.02 s" in r.json()["detail"]
+    with TestClient(create_worker_app(engine)) as roomy:
+        assert len(roomy.post("/v1/steer", json=steer).json()["steered"]["token_ids"]) == 80
+
+
+def test_time_budget_counts_time_in_the_queue(engine):
+    """A request still queued when its budget runs out is answered 503 without being computed."""
+    app = create_worker_app(engine, queue_size=2, time_budget_s=0.3)
+    release = threading.Event()
+    original, calls = engine.analyze, []
+
+    def slow_analyze(*args, **kwargs):
+        calls.append(1)
+        release.wait(10)
+        return original(*args, **kwargs)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as c:
+            first = asyncio.create_task(c.post("/v1/analyze", json={"text": PROMPT}))
+            await asyncio.sleep(0.05)
+            second = asyncio.create_task(c.post("/v1/analyze", json={"text": PROMPT}))
+            await asyncio.sleep(0.5)  # past the second one's budget while it waits
+            release.set()
+            return await first, await second
+
+    engine.analyze = slow_analyze
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        engine.analyze = original
+    assert first.status_code == 200  # it started within its budget; a forward pass is never cut off
+    assert second.status_code == 503 and "waited in the queue" in second.json()["detail"]
+    assert len(calls) == 1  # the second was never computed
+
+
+def test_json_bodies_refuse_non_finite_numbers():
+    from app.json_response import FastJSON
+
+    assert FastJSON({"a": [1.5, None], "b": "null"}).body == b'{"a":[1.5,null],"b":"null"}'
+    for bad in ({"a": [float("nan")]}, {"a": {"b": float("inf")}}):
+        with pytest.raises(ValueError, match="non-finite"):
+            FastJSON(bad)

@@ -5,25 +5,17 @@ sheds load), none in another 5xx or a hang, and the worker's memory must stay fl
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
 from app.config import DEMO_DIR
+from tests.processes import free_port, start_saex, stop, wait_http
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (DEMO_DIR / "model" / "model.safetensors").exists(), reason="no demo model")]
 TEXT = "The Python standard library contains many modules, and each module has its own documentation. " * 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def hammer(base: str, clients: int, seconds: float) -> dict:
@@ -53,24 +45,17 @@ def test_32_concurrent_clients_are_served_or_shed(tmp_path):
     import psutil
 
     port = free_port()
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--port", str(port), "--queue-size", "4",
-                               "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = start_saex(["worker", "--port", str(port), "--queue-size", "4", "--threads", "1"], tmp_path / "worker.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_http(base + "/health", 60, worker)
         proc = psutil.Process(worker.pid)
         asyncio.run(hammer(base, 32, 3))  # warm up allocator and caches
         rss_before = proc.memory_info().rss
         result = asyncio.run(hammer(base, 32, 8))
         rss_after = proc.memory_info().rss
     finally:
-        worker.terminate()
-        worker.wait(10)
+        stop(worker)
     outcomes = result["outcomes"]
     print(result, rss_before, rss_after)
     assert set(outcomes) <= {"200", "503+retry-after"}, outcomes

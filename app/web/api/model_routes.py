@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from app import protocol as P
 from app.json_response import FastJSON
 from app.store import results
+from app.web.auth import CallerDep
 from app.web.deps import SessionDep, SettingsDep
 from app.web.ratelimit import RateLimited
 from app.web.worker_client import WorkerClient, WorkerError, WorkerUnavailable
@@ -64,12 +65,18 @@ async def dfa(body: P.DFARequest, worker: WorkerDep) -> FastJSON:
     return await ask(worker, "POST", "/v1/dfa", body.model_dump())
 
 
-@router.post("/steer", dependencies=[RateLimited], response_model=P.SteerResponse, responses=ERRORS)
-async def steer(body: P.SteerRequest, worker: WorkerDep, session: SessionDep, settings: SettingsDep) -> FastJSON:
+@router.post("/steer", dependencies=[RateLimited], response_model=P.SteerResponse,
+             responses={**ERRORS, **P.error_responses(403)})
+async def steer(body: P.SteerRequest, worker: WorkerDep, session: SessionDep, settings: SettingsDep,
+                who: CallerDep) -> FastJSON:
+    """Runs default and steered generation; the result is saved behind `permalink` (null where saving needs an API
+    key and none was sent)."""
     try:
         out = await worker.request("POST", "/v1/steer", body.model_dump())
     except (WorkerError, WorkerUnavailable) as exc:
         ask_failed(exc)
+    if settings.saves_need_sign_in and who is None:
+        return FastJSON({**out, "permalink": None})
     saved = results.save(session, kind="steering", model_slug=settings.model_slug,
                          payload={"request": body.model_dump(), "result": out})
     return FastJSON({**out, "permalink": f"/s/{saved.id}"})

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import protocol as P
 from app.store.explanations import MAX_TEXT
 from app.web import services
-from app.web.deps import KeyDep, SessionDep, SettingsDep
+from app.web.auth import WriterDep
+from app.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(prefix="/api/v1", tags=["store"], responses=P.error_responses(400, 413, 422, 503))
 ERR = P.error_responses(404)
@@ -55,7 +56,7 @@ def list_explanations(sae_id: str, feature: FeaturePath, session: SessionDep, se
 @router.post("/saes/{sae_id}/features/{feature}/explanations", status_code=201,
              responses={**ERR, **P.error_responses(401, 403)})
 def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn, session: SessionDep,
-                    settings: SettingsDep, key: KeyDep) -> dict:
+                    settings: SettingsDep, key: WriterDep) -> dict:
     try:
         return services.add_explanation(session, model_slug=settings.model_slug, sae_id=sae_id, feature=feature,
                                         text=body.text, author=key.name, source=body.source, score=body.score)
@@ -66,7 +67,7 @@ def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn, sess
 @router.patch("/saes/{sae_id}/features/{feature}/explanations/{explanation_id}",
               responses={**ERR, **P.error_responses(401, 403)})
 def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath, body: ExplanationEdit,
-                     session: SessionDep, settings: SettingsDep, key: KeyDep) -> dict:
+                     session: SessionDep, settings: SettingsDep, key: WriterDep) -> dict:
     try:
         return services.edit_explanation(session, model_slug=settings.model_slug, sae_id=sae_id, feature=feature,
                                          explanation_id=explanation_id, text=body.text)
@@ -77,7 +78,7 @@ def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeatureP
 @router.delete("/saes/{sae_id}/features/{feature}/explanations/{explanation_id}", status_code=204,
                responses={**ERR, **P.error_responses(401, 403)})
 def delete_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath, session: SessionDep,
-                       settings: SettingsDep, key: KeyDep) -> Response:
+                       settings: SettingsDep, key: WriterDep) -> Response:
     try:
         services.remove_explanation(session, model_slug=settings.model_slug, sae_id=sae_id, feature=feature,
                                     explanation_id=explanation_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.protocol import MAX_TEXT_CHARS
@@ -15,11 +15,12 @@ from app.store import explanations, results
 from app.store.dashboards import find_sae
 from app.web import figures
 from app.web.api.model_routes import WorkerDep
+from app.web.auth import CallerDep, csrf_protect
 from app.web.deps import SessionDep, SettingsDep
 from app.web.pages.render import render
 from app.web.worker_client import WorkerClient, WorkerError, WorkerUnavailable
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
 
 
 def state_url(base: str = "/", **state) -> str:
@@ -86,11 +87,16 @@ async def explorer(request: Request, worker: WorkerDep, session: SessionDep, set
 
 
 @router.post("/p")
-async def save_analysis(request: Request, session: SessionDep, settings: SettingsDep,
+async def save_analysis(request: Request, session: SessionDep, settings: SettingsDep, who: CallerDep,
                         text: Annotated[str, Form(min_length=1, max_length=MAX_TEXT_CHARS)],
                         layer: Annotated[int | None, Form(ge=0, le=1000)] = None,
                         feature: Annotated[int | None, Form(ge=0, le=2**31 - 1)] = None,
                         pos: Annotated[int | None, Form(ge=0, le=2**31 - 1)] = None) -> Response:
+    if settings.saves_need_sign_in and who is None:  # off to sign in, then back to this analysis
+        target = "/sign-in?" + urlencode({"next": state_url(text=text, layer=layer, feature=feature, pos=pos)})
+        if request.headers.get("HX-Request") == "true":
+            return Response(status_code=204, headers={"HX-Redirect": target})
+        return RedirectResponse(target, status_code=303)
     saved = results.save(session, kind="analysis", model_slug=settings.model_slug,
                          payload={"text": text, "layer": layer, "feature": feature, "pos": pos})
     target = f"/p/{saved.id}"

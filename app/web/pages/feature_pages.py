@@ -6,17 +6,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Path, Request
+from fastapi import APIRouter, Depends, Form, Path, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
-from app.store import keys
 from app.store.explanations import MAX_TEXT
 from app.web import figures, services
+from app.web.auth import CallerDep, csrf_protect
 from app.web.deps import SessionDep, SettingsDep
 from app.web.pages.render import heat, render, show_token
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
+SIGN_IN = "Sign in to write explanations: your session has ended or the key was revoked."
 Feature = Annotated[int, Path(ge=0, le=2**31 - 1)]
 
 
@@ -65,17 +66,15 @@ def feature_page(request: Request, model: str, sae_id: str, feature: Feature, se
 @router.post("/{model}/{sae_id}/{feature}/explanations/{explanation_id}", response_class=HTMLResponse)
 def change_explanation_form(request: Request, model: str, sae_id: str, feature: Feature,
                             explanation_id: Annotated[int, Path(ge=0, le=2**31 - 1)], session: SessionDep,
-                            settings: SettingsDep, action: Annotated[str, Form(pattern="^(edit|delete)$")],
-                            api_key: Annotated[str, Form(max_length=200)] = "",
+                            settings: SettingsDep, who: CallerDep,
+                            action: Annotated[str, Form(pattern="^(edit|delete)$")],
                             text: Annotated[str, Form(max_length=MAX_TEXT)] = "") -> Response:
-    """Edit or delete one explanation from the feature page; needs an API key like every write."""
+    """Edit or delete one explanation from the feature page; needs a signed-in session like every write."""
     if model != settings.model_slug:
         raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
-    record = keys.verify(session, key=api_key.strip())
-    if record is None:
+    if who is None:
         ctx = feature_context(session, model, sae_id, feature)
-        ctx["form_error"] = "That API key is unknown or revoked: ask an admin for one (saex keys create)."
-        return render(request, "explanations.html", {**ctx, "fragment": True}, status_code=403)
+        return render(request, "explanations.html", {**ctx, "form_error": SIGN_IN}, status_code=401)
     if action == "delete":
         services.remove_explanation(session, model_slug=model, sae_id=sae_id, feature=feature,
                                     explanation_id=explanation_id)
@@ -85,25 +84,22 @@ def change_explanation_form(request: Request, model: str, sae_id: str, feature: 
     else:
         ctx = feature_context(session, model, sae_id, feature)
         ctx["form_error"] = "An explanation cannot be empty: delete it instead."
-        return render(request, "explanations.html", {**ctx, "fragment": True}, status_code=422)
+        return render(request, "explanations.html", ctx, status_code=422)
     ctx = feature_context(session, model, sae_id, feature)
-    return render(request, "explanations.html", {**ctx, "fragment": True})
+    return render(request, "explanations.html", ctx)
 
 
 @router.post("/{model}/{sae_id}/{feature}/explanations", response_class=HTMLResponse)
 def add_explanation_form(request: Request, model: str, sae_id: str, feature: Feature, session: SessionDep,
-                         settings: SettingsDep, text: Annotated[str, Form(min_length=1, max_length=MAX_TEXT)],
-                         api_key: Annotated[str, Form(max_length=200)] = "") -> Response:
-    """The feature page's explanation form: needs an API key (typed into the form, never stored in the page)."""
+                         settings: SettingsDep, who: CallerDep,
+                         text: Annotated[str, Form(min_length=1, max_length=MAX_TEXT)]) -> Response:
+    """The feature page's explanation form: needs a signed-in session (the author is the key's name)."""
     if model != settings.model_slug:
         raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
-    record = keys.verify(session, key=api_key.strip())
     ctx = feature_context(session, model, sae_id, feature)
-    if record is None:
-        ctx["form_error"] = "That API key is unknown or revoked: ask an admin for one (saex keys create)."
-        ctx["draft"] = text
-        return render(request, "explanations.html", {**ctx, "fragment": True}, status_code=403)
+    if who is None:
+        return render(request, "explanations.html", {**ctx, "form_error": SIGN_IN, "draft": text}, status_code=401)
     services.add_explanation(session, model_slug=model, sae_id=sae_id, feature=feature, text=text,
-                             author=record.name)
+                             author=who.name)
     ctx["explanations"] = services.list_explanations(session, model_slug=model, sae_id=sae_id, feature=feature)
     return render(request, "explanations.html", ctx)

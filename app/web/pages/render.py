@@ -39,7 +39,11 @@ templates.env.filters["figure"] = figure_json
 templates.env.globals["heat"] = heat
 
 
-def render(request: Request, template: str, context: dict, status_code: int = 200) -> HTMLResponse:
+def render(request: Request, template: str, context: dict, status_code: int = 200,
+           headers: dict | None = None) -> HTMLResponse:
     """Full page (base layout) or, for HTMX, the page body only; the template reads `fragment`."""
     fragment = request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true"
-    return templates.TemplateResponse(request, template, {**context, "fragment": fragment}, status_code=status_code)
+    browser = getattr(request.state, "browser", None)  # app.web.auth's session: its CSRF token goes in every form
+    return templates.TemplateResponse(request, template, {
+        **context, "fragment": fragment, "csrf_token": browser.csrf if browser else "",
+        "signed_in_as": browser.name if browser else None}, status_code=status_code, headers=headers)

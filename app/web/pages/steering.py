@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -14,12 +14,13 @@ from app import protocol as P
 from app.api_errors import field_path
 from app.store import results
 from app.web.api.model_routes import WorkerDep
+from app.web.auth import CallerDep, csrf_protect
 from app.web.deps import SessionDep, SettingsDep
 from app.web.pages.render import render
 from app.web.services import NotFound
 from app.web.worker_client import WorkerError, WorkerUnavailable
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
 
 
 def parse_ints(text: str, what: str) -> list[int] | None:
@@ -76,6 +77,7 @@ def steer_form(request: Request, model: str, settings: SettingsDep,
 
 @router.post("/{model}/steer", response_class=HTMLResponse)
 async def steer_run(request: Request, model: str, worker: WorkerDep, session: SessionDep, settings: SettingsDep,
+                    who: CallerDep,
                     text: Annotated[str, Form(max_length=P.MAX_TEXT_CHARS)] = "",
                     max_new_tokens: Annotated[int, Form(ge=0, le=1024)] = 24,
                     temperature: Annotated[float, Form(ge=0, le=10)] = 0.0,
@@ -104,6 +106,8 @@ async def steer_run(request: Request, model: str, worker: WorkerDep, session: Se
     except WorkerUnavailable as exc:
         return render(request, "steer.html", {"model_slug": model, "draft": draft,
                                               "error": f"The inference worker is unavailable: {exc.detail}"}, 503)
+    if settings.saves_need_sign_in and who is None:  # shown, not saved
+        return render(request, "steer.html", {"model_slug": model, "draft": draft, "result": out})
     saved = results.save(session, kind="steering", model_slug=model,
                          payload={"request": body.model_dump(), "result": out})
     target = f"/s/{saved.id}"
