@@ -4,6 +4,8 @@ agree with the CPU engine on the same weights, and a dashboard build on the GPU 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -11,8 +13,10 @@ from app.engine.engine import Engine
 from app.engine.loading import attach_saes, load_model
 from tests.conftest import ARCHITECTURES, TEXT
 
+# SAEX_TEST_DEVICE=cpu runs the same checks against a second CPU engine (to check the tests themselves here)
+DEVICE = os.environ.get("SAEX_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+              pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 PROMPT = TEXT[:70]
 
@@ -21,8 +25,8 @@ PROMPT = TEXT[:70]
 def cuda_engines(tiny_model_dir, sae_dirs) -> dict[str, Engine]:
     out = {}
     for arch in ARCHITECTURES:
-        model = load_model(str(tiny_model_dir), device="cuda")
-        out[arch] = Engine(model, attach_saes(model, [str(p) for p in sae_dirs[arch]], device="cuda"), "tiny")
+        model = load_model(str(tiny_model_dir), device=DEVICE)
+        out[arch] = Engine(model, attach_saes(model, [str(p) for p in sae_dirs[arch]], device=DEVICE), "tiny")
     return out
 
 
@@ -34,11 +38,11 @@ def close(a, b, atol: float = 2e-4) -> None:
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_weights_and_activations_live_on_the_gpu_and_equal_saelens(cuda_engines, arch):
     engine = cuda_engines[arch]
-    assert next(engine.model.parameters()).device.type == "cuda"
+    assert next(engine.model.parameters()).device.type == DEVICE
     model = engine.model
     _, cache = model.run_with_cache(model.to_tokens(PROMPT))
     for layer, attached in engine.saes.items():
-        assert attached.sae.W_dec.device.type == "cuda"
+        assert attached.sae.W_dec.device.type == DEVICE
         z = cache[f"blocks.{layer}.attn.hook_z"][0]
         with torch.no_grad():
             _, sae_cache = attached.sae.run_with_cache(z)
