@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.asgi import Hooks
 from app.request_log import install_request_log
 
 log = logging.getLogger("saex")
@@ -64,10 +65,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     install_request_log(app)
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
+    def limit_body(request: Request) -> JSONResponse | None:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return JSONResponse({"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes"},
                                 status_code=413)
-        return await call_next(request)
+        return None
+
+    app.add_middleware(Hooks, begin=limit_body)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import uuid
 
 from fastapi import FastAPI, Request
+from starlette.datastructures import MutableHeaders
+
+from app.asgi import Hooks
 
 log = logging.getLogger("saex.requests")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -36,15 +38,16 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def install_request_log(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_ids(request: Request, call_next):
+    def begin(request: Request) -> None:
         incoming = request.headers.get("X-Request-ID", "")
-        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
-        request.state.request_id = request_id
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
+        request.state.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+
+    def start(request: Request, headers: MutableHeaders) -> None:
+        headers["X-Request-ID"] = request.state.request_id
+
+    def end(request: Request, status: int, seconds: float) -> None:
         log.info("request", extra={"fields": {
-            "request_id": request_id, "method": request.method, "path": request.url.path,
-            "status": response.status_code, "ms": round(1000 * (time.perf_counter() - t0), 2)}})
-        return response
+            "request_id": request.state.request_id, "method": request.method, "path": request.url.path,
+            "status": status, "ms": round(1000 * seconds, 2)}})
+
+    app.add_middleware(Hooks, begin=begin, start=start, end=end)

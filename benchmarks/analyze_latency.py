@@ -30,14 +30,18 @@ def percentiles(samples: list[float]) -> dict:
             "n": len(s)}
 
 
-def time_calls(fn, iters: int, warmup: int = 5) -> list[float]:
+def time_interleaved(fns: dict, iters: int, warmup: int = 5) -> dict[str, list[float]]:
+    """Time each fn `iters` times, round-robin (one call of each in turn), so that all of them meet the same
+    machine conditions: on a shared VM the speed drifts by tens of percent within a minute."""
     for _ in range(warmup):
-        fn()
-    out = []
+        for fn in fns.values():
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
     return out
 
 
@@ -126,15 +130,11 @@ def main() -> None:
                 got = [[f["activation"] for f in row] for row in layer["top_features"]]
                 want = [[v for v in row if v > 0] for row in vals]
                 assert all(abs(a - b) < 1e-4 for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True))
-            # the client holds torch too: while it only waits on HTTP, keep its thread pool from competing
-            torch.set_num_threads(1)
-            time.sleep(0.5)
-            worker_engine_ms.clear()
-            ours_t = percentiles(time_calls(ours, args.iters))
-            ours_t["worker_engine_p50_ms"] = round(statistics.median(worker_engine_ms[5:]), 2)
-            torch.set_num_threads(args.threads)
-            engine_t = percentiles(time_calls(lambda text=text: engine.analyze(text, None, 10), args.iters))
-            ref_t = percentiles(time_calls(lambda text=text: reference(text), args.iters))
+            # the worker computes in its own process with its own threads; in-process runs use ours
+            times = time_interleaved({"http": ours, "engine": lambda text=text: engine.analyze(text, None, 10),
+                                      "saelens": lambda text=text: reference(text)}, args.iters)
+            ours_t, engine_t, ref_t = (percentiles(times[k]) for k in ("http", "engine", "saelens"))
+            ours_t["worker_engine_p50_ms"] = round(statistics.median(worker_engine_ms[-args.iters:]), 2)
             result["prompts"][name] = {
                 "tokens": n_tokens, "http_v1_analyze": ours_t, "engine_only": engine_t, "saelens_way": ref_t,
                 "ratio_p50_ours_over_saelens": round(ours_t["p50_ms"] / ref_t["p50_ms"], 3),

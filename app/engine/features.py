@@ -12,18 +12,40 @@ from transformer_lens import HookedTransformer
 
 from app.engine.saes import AttnSAE
 
+CAPTURE_LEVEL = -1  # the context level of capture()'s hooks: TransformerLens's own levels count up from 0
+
+
+class _Captured(Exception):
+    """Raised by the last hook that capture() needs: nothing after it in the forward pass is computed."""
+
 
 def capture(model: HookedTransformer, ids: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-    """Run the model on ids (B, T) only as far as the last layer that a hook in `names` needs, and keep those
-    activations; one forward pass for all of them."""
+    """Run the model on ids (B, T) only as far as the last hook in `names` (the rest of that block and every later
+    block are skipped), and keep those activations; one forward pass for all of them."""
     store: dict[str, torch.Tensor] = {}
+    wanted = set(names)
 
     def keep(act: torch.Tensor, hook) -> None:
         store[hook.name] = act
+        if len(store) == len(wanted):
+            raise _Captured
 
     last = max(int(n.split(".")[1]) for n in names)
-    with torch.inference_mode():
-        model.run_with_hooks(ids, fwd_hooks=[(n, keep) for n in names], stop_at_layer=last + 1)
+    points = [model.hook_dict[n] for n in wanted]
+    # our hooks go on the hook points we read and come off only there (run_with_hooks resets every hook point)
+    for point in points:
+        point.add_hook(keep, level=CAPTURE_LEVEL)
+    try:
+        with torch.inference_mode():
+            model(ids, return_type=None, stop_at_layer=last + 1)
+    except _Captured:
+        pass
+    finally:
+        for point in points:
+            point.remove_hooks("fwd", level=CAPTURE_LEVEL)
+    missing = wanted - store.keys()
+    if missing:
+        raise ValueError(f"the model's forward pass never reached {sorted(missing)}")
     return store
 
 

@@ -9,9 +9,11 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_errors import http_error_detail, http_error_json, install_error_handlers
+from app.asgi import Hooks
 from app.config import Settings
 from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
@@ -66,14 +68,13 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     install_error_handlers(app)
     install_sessions(app, signer, secure=settings.secure_cookies)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        return response
+    def security_headers(request: Request, headers: MutableHeaders) -> None:
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "same-origin")
+
+    app.add_middleware(Hooks, start=security_headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

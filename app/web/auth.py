@@ -21,7 +21,9 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from starlette.datastructures import MutableHeaders
 
+from app.asgi import Hooks, cookie_header
 from app.store import keys
 from app.store.models import APIKey
 from app.web.deps import DATABASE_DOWN, SessionDep
@@ -87,16 +89,18 @@ def install_sessions(app: FastAPI, signer: CookieSigner, *, secure: bool) -> Non
     session is new or changed."""
     app.state.session_max_age_s = signer.max_age_s
 
-    @app.middleware("http")
-    async def sessions(request: Request, call_next):
+    def begin(request: Request) -> None:
         found = signer.loads(request.cookies.get(COOKIE))
         request.state.browser = found or BrowserSession(expires=int(time.time()) + signer.max_age_s)
         request.state.browser_changed = found is None
-        response = await call_next(request)
+
+    def start(request: Request, headers: MutableHeaders) -> None:
         if request.state.browser_changed:
-            response.set_cookie(COOKIE, signer.dumps(request.state.browser), max_age=signer.max_age_s,
-                                httponly=True, samesite="lax", secure=secure, path="/")
-        return response
+            headers.append("set-cookie", cookie_header(COOKIE, signer.dumps(request.state.browser),
+                                                       max_age=signer.max_age_s, httponly=True, samesite="lax",
+                                                       secure=secure, path="/"))
+
+    app.add_middleware(Hooks, begin=begin, start=start)
 
 
 def _header_key(x_api_key: str | None, authorization: str | None) -> str | None:
