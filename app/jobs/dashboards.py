@@ -13,10 +13,10 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sqlalchemy.orm import Session, sessionmaker
@@ -134,15 +134,13 @@ def feature_dashboards(engine: Engine, stats: FeatureStats, features: list[int],
     weights = engine.feature_weights(stats.sae.layer, features)
     top = top if top is not None else stats.sorted_top()
     f = torch.as_tensor(features, dtype=torch.int64)
-    # numpy views of just these features' rows: per-example slicing below stays cheap
-    t_np, r_np = stored_arrays(top, f), stored_arrays(stats.res, f)
+    tops, intervals = PackedSlots(top, f), PackedSlots(stats.res, f)
     chosen = interval_slots(stats, features, params.n_intervals, params.per_interval)
     fire, max_act = stats.fire_count[f].tolist(), stats.max_act[f].tolist()
     out = []
     for i, (feature, w) in enumerate(zip(features, weights, strict=True)):
-        examples = [_example(t_np, i, slot, "top", rank, None)
-                    for rank, slot in enumerate(s for s in range(stats.k) if t_np["position"][i, s] >= 0)]
-        examples += [_example(r_np, i, slot, "interval", rank, interval)
+        examples = [tops.example(i, slot, "top", rank, None) for rank, slot in enumerate(tops.filled(i))]
+        examples += [intervals.example(i, slot, "interval", rank, interval)
                      for rank, (interval, slot) in enumerate(chosen[i])]
         out.append(FeatureDashboard(
             index=feature, density=fire[i] / max(1, stats.tokens_seen), max_activation=max_act[i],
@@ -152,25 +150,34 @@ def feature_dashboards(engine: Engine, stats: FeatureStats, features: list[int],
     return out
 
 
-def stored_arrays(ex: Examples, f: torch.Tensor) -> dict[str, np.ndarray]:
-    """These features' slots as numpy arrays already in their stored types (int32 ids, float16 values), with each
-    window's first in-sequence token and length (a window less what falls outside its sequence is contiguous)."""
-    out = {name: x[f].numpy() for name, x in zip(STORED, ex.fields(), strict=False)}
-    for name in ("acts", "dfa", "dfa_heads"):
-        out[name] = out[name].astype("<f2")
-    inside = out["token_ids"] >= 0
-    out["first"], out["length"] = inside.argmax(-1), inside.sum(-1)
-    return out
+class PackedSlots:
+    """Some features' example slots, packed once into their stored bytes (int32 ids, float16 values); an example
+    is then a few slices of those bytes. A window less what falls outside its sequence is contiguous, so each
+    slot's stored window is one run [first, first + length) of its row."""
 
+    def __init__(self, ex: Examples, f: torch.Tensor) -> None:
+        arrays = {name: x[f].numpy() for name, x in zip(STORED, ex.fields(), strict=False)}
+        n, self.slots, self.width = arrays["token_ids"].shape
+        self.heads = arrays["dfa_heads"].shape[-1]
+        inside = arrays["token_ids"] >= 0
+        self.first, self.length = inside.argmax(-1).tolist(), inside.sum(-1).tolist()
+        self.position = arrays["position"].tolist()
+        self.ids = arrays["token_ids"].astype("<i4").tobytes()
+        self.acts, self.dfa, self.dfa_heads = (arrays[k].astype("<f2").tobytes() for k in ("acts", "dfa", "dfa_heads"))
 
-def _example(ex: dict[str, np.ndarray], i: int, slot: int, kind: str, rank: int, interval: int | None) -> ExampleData:
-    first = int(ex["first"][i, slot])
-    window = slice(first, first + int(ex["length"][i, slot]))
-    return ExampleData(
-        kind=kind, rank=rank, interval=interval, token_ids=ex["token_ids"][i, slot, window],
-        activations=ex["acts"][i, slot, window], max_position=LEFT - first, dfa=ex["dfa"][i, slot, window],
-        dfa_heads=ex["dfa_heads"][i, slot], corpus_position=int(ex["position"][i, slot]),
-    )
+    def filled(self, i: int) -> list[int]:
+        return [s for s in range(self.slots) if self.position[i][s] >= 0]
+
+    def example(self, i: int, slot: int, kind: str, rank: int, interval: int | None) -> ExampleData:
+        first, length = self.first[i][slot], self.length[i][slot]
+        a = (i * self.slots + slot) * self.width + first
+        h = (i * self.slots + slot) * self.heads
+        return ExampleData(
+            kind=kind, rank=rank, interval=interval, token_ids=self.ids[4 * a : 4 * (a + length)],
+            activations=self.acts[2 * a : 2 * (a + length)], max_position=LEFT - first,
+            dfa=self.dfa[2 * a : 2 * (a + length)], dfa_heads=self.dfa_heads[2 * h : 2 * (h + self.heads)],
+            corpus_position=self.position[i][slot],
+        )
 
 
 def register(session: Session, engine: Engine, model_slug: str) -> dict[int, object]:
@@ -206,22 +213,43 @@ def build(engine: Engine, factory: sessionmaker[Session], corpus: torch.Tensor, 
         stats = run_pass(engine, corpus, layers, batch_size, params.top_k, checkpoint=checkpoint, progress=progress,
                          checkpoint_seconds=checkpoint_seconds)
     t_pass = time.perf_counter() - t0
-    for layer in layers:
-        with transaction(factory) as session:
-            build_id = start_build(session, sae=session.merge(saes[layer]), params=params.as_dict()).id
-        pending = sorted(todo[layer])
-        top = stats[layer].sorted_top()
-        bar = tqdm(total=len(pending), unit="feature", desc=f"dashboards: writing L{layer}", disable=not progress)
-        for i in range(0, len(pending), feature_batch):
-            chunk = pending[i : i + feature_batch]
-            dashboards = feature_dashboards(engine, stats[layer], chunk, params, top)
-            with transaction(factory) as session:  # a batch of features is written whole or not at all
-                write_features(session, sae=session.merge(saes[layer]), build_id=build_id, dashboards=dashboards)
-            summary["features_written"] += len(chunk)
-            bar.update(len(chunk))
-        bar.close()
+
+    def write(layer: int, build_id: int, dashboards: list[FeatureDashboard]) -> None:
+        with transaction(factory) as session:  # a batch of features is written whole or not at all
+            write_features(session, sae=session.merge(saes[layer]), build_id=build_id, dashboards=dashboards)
+
+    def finish(build_id: int) -> None:
         with transaction(factory) as session:
             finish_build(session, build_id=build_id)
+
+    # one writer thread: the database inserts a batch (the driver lets go of the GIL) while the next is prepared;
+    # at most one batch waits, and a failed write stops the build at the next batch
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboards-writer") as writer:
+        in_flight: tuple[Future, int] | None = None  # the batch being written and its number of features
+
+        def wait() -> int:
+            if in_flight is None:
+                return 0
+            in_flight[0].result()
+            summary["features_written"] += in_flight[1]
+            return in_flight[1]
+
+        for layer in layers:
+            with transaction(factory) as session:
+                build_id = start_build(session, sae=session.merge(saes[layer]), params=params.as_dict()).id
+            pending = sorted(todo[layer])
+            top = stats[layer].sorted_top()
+            bar = tqdm(total=len(pending), unit="feature", desc=f"dashboards: writing L{layer}",
+                       disable=not progress)
+            for i in range(0, len(pending), feature_batch):
+                chunk = pending[i : i + feature_batch]
+                dashboards = feature_dashboards(engine, stats[layer], chunk, params, top)
+                bar.update(wait())
+                in_flight = writer.submit(write, layer, build_id, dashboards), len(chunk)
+            bar.update(wait())
+            bar.close()
+            in_flight = writer.submit(finish, build_id), 0
+        wait()
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
     summary.update(seconds=time.perf_counter() - t0, pass_seconds=t_pass,

@@ -28,11 +28,11 @@ from app.store.packing import pack_ids, pack_values, unpack_ids, unpack_values
 class ExampleData:
     kind: str  # "top" or "interval"
     rank: int
-    token_ids: Sequence[int]  # lists or numpy arrays: they are packed into bytes as they are
-    activations: Sequence[float]
+    token_ids: Sequence[int] | bytes  # lists, numpy arrays, or bytes already packed (int32 ids, float16 values)
+    activations: Sequence[float] | bytes
     max_position: int
-    dfa: Sequence[float]  # per source token: attribution toward max_position, summed over heads
-    dfa_heads: Sequence[float]  # per head: its total attribution
+    dfa: Sequence[float] | bytes  # per source token: attribution toward max_position, summed over heads
+    dfa_heads: Sequence[float] | bytes  # per head: its total attribution
     interval: int | None = None
     corpus_position: int = -1  # position of the example's token in the build's corpus
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,10 +22,16 @@ def ensure_sqlite_folder(url: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+def to_json(value) -> str:
+    """JSON columns are written by orjson (a build writes thousands of histograms and logit tables)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
 def make_engine(url: str) -> Engine:
     ensure_sqlite_folder(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               json_serializer=to_json)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # SQLite ignores foreign keys unless told
@@ -34,7 +41,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, json_serializer=to_json)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
