@@ -132,9 +132,13 @@ class FeatureStats:
         """Keep the k largest activations per feature (ties: the earlier corpus position). Only features that fired
         in this batch are looked at, and only the slots whose example is replaced are written."""
         # this batch's candidates: per feature its k largest occurrences, by (feature, value desc, position asc)
-        order = torch.argsort(pos[rows], stable=True)
-        order = order[torch.argsort(val[order], descending=True, stable=True)]
-        order = order[torch.argsort(feats[order], stable=True)]
+        # one stable sort on an exact int64 key: feature ascending, then value descending (a positive float32's bits
+        # order like the float), then ties in row order, which is corpus order when positions increase along rows
+        ahead = None if bool((pos[1:] > pos[:-1]).all()) else torch.argsort(pos[rows], stable=True)
+        bits = val.contiguous().view(torch.int32).to(torch.int64)
+        key = feats.to(torch.int64) * (1 << 31) + ((1 << 31) - 1 - bits)
+        order = torch.argsort(key if ahead is None else key[ahead], stable=True)
+        order = order if ahead is None else ahead[order]
         f_sorted = feats[order]
         touched, counts = torch.unique_consecutive(f_sorted, return_counts=True)
         rank = torch.arange(len(order)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)

@@ -152,3 +152,23 @@ def test_deferring_dfa_changes_nothing(engine, corpus):
             for a, b in zip(mine.fields(), theirs.fields(), strict=True):
                 assert torch.equal(a, b), defer
         assert late._batches == {}  # the kept batch tensors are freed
+
+
+@pytest.mark.parametrize("batch", [3, 4])
+def test_top_k_ties_go_to_the_earlier_corpus_position(engine, corpus, batch):
+    """Rows repeated word for word give equal activations at many positions, within a batch and across batches:
+    the top-k keeps the largest values and, among equal ones, the earliest corpus positions, in that order."""
+    repeated = corpus[:3].repeat(4, 1)  # 12 rows: each of 3 rows four times
+    stats = run(engine, repeated, range(0, 12), batch=batch)
+    acts = all_acts(engine, repeated)
+    top = stats.sorted_top()
+    checked = 0
+    for f in range(acts.shape[1]):
+        col = acts[:, f]
+        live = int((col > 0).sum())
+        if live < 2:
+            continue
+        order = torch.argsort(-col, stable=True)[: min(5, live)]  # value descending, then position ascending
+        assert top.position[f][: len(order)].tolist() == order.tolist(), f
+        checked += 1
+    assert checked > 20
