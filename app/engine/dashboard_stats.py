@@ -25,6 +25,7 @@ from app.engine.saes import AttnSAE
 NB = 64  # fine histogram bins per feature (a power of two)
 R = 2  # reservoir slots per fine bin
 LEFT, RIGHT = 16, 4  # example window: tokens before and after the example's token
+DFA_GROUP = 4  # features per matrix product in _dfa (examples per token average about 3)
 W = LEFT + 1 + RIGHT
 
 
@@ -239,11 +240,14 @@ class FeatureStats:
             del self._batches[batch_no]
 
     def _dfa(self, batch: tuple[torch.Tensor, ...], r: torch.Tensor, f: torch.Tensor,
-             chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+             chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """For n examples (row r of the batch's B·T tokens, feature f): the DFA toward the example's token from each
-        source in its window, summed over heads (n, W), and each head's whole contribution (n, head). Elementwise
-        products and sums per example only, so an example's numbers never depend on which others share the call;
-        small chunks keep the temporaries in cache."""
+        source in its window, summed over heads (n, W), and each head's whole contribution (n, head).
+
+        Examples are grouped by their token, DFA_GROUP features at a time: a group reads its token's window of
+        attention-weighted v once, (W, head·d_head), and multiplies it by its features' encoder columns in one
+        small matrix product of a fixed shape. An example's numbers depend only on its token and feature, never on
+        which other examples share its group, chunk or call (tested bit for bit)."""
         z, pattern, v = batch  # (B, T, head, d_head), (B, head, T, T), (B, T, kv_head, d_head)
         T = z.shape[1]
         n_heads, d_head = self.sae.n_heads, self.sae.d_head
@@ -251,19 +255,34 @@ class FeatureStats:
             v = v.repeat_interleave(n_heads // v.shape[2], dim=2)
         if self._w_rows is None:
             self._w_rows = self.sae.W_eff.T.contiguous()  # (F, head·d_head): one feature's encoder column per row
+        dtype = self._w_rows.dtype
         # padded so that the window around t is rows t .. t+W-1 (zeros outside the sequence)
         v_rows = torch.nn.functional.pad(v, (0, 0, 0, 0, LEFT, RIGHT)).reshape(-1, n_heads * d_head)  # (B·(T+W-1), ·)
         att_win = torch.nn.functional.pad(pattern, (LEFT, RIGHT)).unfold(3, W, 1)  # (B, head, T, T, W) view
+        # groups: each token's examples, DFA_GROUP per group (the last one padded with zero columns)
+        order = torch.argsort(r, stable=True)
+        tokens, counts = torch.unique_consecutive(r[order], return_counts=True)
+        rank = torch.arange(len(r)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        per_token = (counts + DFA_GROUP - 1) // DFA_GROUP
+        group = torch.repeat_interleave(torch.cumsum(per_token, 0) - per_token, counts) + rank // DFA_GROUP
+        column = rank % DFA_GROUP
+        group_token = torch.repeat_interleave(tokens, per_token)
+        gb, gt = group_token // T, group_token % T
+        rows = (gb * (T + W - 1) + gt).unsqueeze(1) + torch.arange(W)  # (G, W)
+        att = att_win[gb, :, gt, gt].transpose(1, 2)  # (G, W, head)
+        w = torch.zeros(len(group_token), DFA_GROUP, n_heads * d_head, dtype=dtype)
+        w[group, column] = self._w_rows.index_select(0, f[order])
+        out = torch.empty(len(group_token), W, DFA_GROUP, dtype=dtype)
+        for part in torch.arange(len(group_token)).split(chunk):
+            v_win = v_rows.index_select(0, rows[part].view(-1)).view(-1, W, n_heads, d_head)
+            weighted = (v_win * att[part].unsqueeze(-1)).view(-1, W, n_heads * d_head).to(dtype)
+            out[part] = torch.bmm(weighted, w[part].transpose(1, 2))
+        dfa = torch.empty(len(r), W, dtype=dtype)
+        dfa[order] = out[group, :, column]
         b, t = r // T, r % T
-        rows = (b * (T + W - 1) + t).unsqueeze(1) + torch.arange(W)  # (n, W)
         w_all = self._w_rows.index_select(0, f).view(-1, n_heads, d_head)  # (n, head, d_head)
-        att_all = att_win[b, :, t, t].transpose(1, 2)  # (n, W, head)
-        dfa = torch.empty(len(r), W)
-        for part in torch.arange(len(r)).split(chunk):
-            v_win = v_rows.index_select(0, rows[part].view(-1)).view(-1, W, n_heads, d_head).to(w_all.dtype)
-            dfa[part] = (att_all[part] * (v_win * w_all[part].unsqueeze(1)).sum(-1)).sum(-1)
-        heads = (z[b, t].to(w_all.dtype) * w_all).sum(-1)
-        return dfa, heads
+        heads = (z[b, t].to(dtype) * w_all).sum(-1)
+        return dfa.float(), heads
 
     def sorted_top(self) -> Examples:
         """The top examples largest first (ties: earlier corpus position first), empty slots last."""
