@@ -11,7 +11,7 @@ window, per-token activations, DFA toward its token) when admitted; knows nothin
 - Deferred DFA: an admitted example gets its window, activations and place at once, but its DFA (the costly part)
   only once it has survived `defer` more batches (or at the end, or before a checkpoint); the last `defer` batches'
   z, pattern and v are kept for that. Most examples admitted early are evicted before then and never cost a DFA.
-  Each example's DFA is computed on its own (no shared matrix product), so when it is computed does not change it.
+  An example's DFA depends only on its token and feature, so when it is computed does not change it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from app.engine.saes import AttnSAE
 NB = 64  # fine histogram bins per feature (a power of two)
 R = 2  # reservoir slots per fine bin
 LEFT, RIGHT = 16, 4  # example window: tokens before and after the example's token
-DFA_GROUP = 4  # features per matrix product in _dfa (examples per token average about 3)
+DFA_COLUMNS = 64  # features per matrix product in _dfa
 W = LEFT + 1 + RIGHT
 
 
@@ -80,6 +80,40 @@ class Examples:
                 self.pend_batch, self.pend_row)
 
 
+class BatchActs:
+    """One batch's activations over its N = B·T tokens: for TopK SAEs the k largest per token (values, indices),
+    where finding every nonzero activation needs no search through an (N, d_sae) matrix; for the other
+    architectures that matrix."""
+
+    def __init__(self, sae: AttnSAE, x: torch.Tensor, skip: torch.Tensor) -> None:
+        """x (N, d_in): hook_z flattened; skip (N,) bool: tokens whose activations count as zero (BOS)."""
+        self.d_sae = sae.d_sae
+        if sae.architecture == "topk":
+            values, self.indices = sae.encode_topk(x)  # (N, k) each
+            self.values = values.masked_fill(skip.unsqueeze(1), 0.0)
+            self.dense: torch.Tensor | None = None  # (N, d_sae), made on first use by at()
+        else:
+            acts, _ = sae.encode(x)
+            self.indices, self.dense = None, acts.masked_fill(skip.unsqueeze(1), 0.0)
+
+    def occurrences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, features, values) of every nonzero activation, by row, then by feature."""
+        if self.indices is None:
+            rows, feats = (self.dense > 0).nonzero(as_tuple=True)
+            return rows, feats, self.dense[rows, feats]
+        fired = self.values > 0
+        key = torch.where(fired, self.indices, self.d_sae)  # fired features in ascending order, the others last
+        key, order = key.sort(dim=1)
+        rows, col = (key < self.d_sae).nonzero(as_tuple=True)
+        return rows, key[rows, col], self.values.gather(1, order)[rows, col]
+
+    def at(self, rows: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The activation of feature feats[...] at token rows[...] (any shape, the same for both)."""
+        if self.dense is None:  # made once, only when a batch admits examples: a scatter, no search over (N, d_sae)
+            self.dense = self.values.new_zeros(len(self.values), self.d_sae).scatter_(1, self.indices, self.values)
+        return self.dense[rows, feats]
+
+
 STORED = ("value", "key", "position", "token_ids", "acts", "dfa", "dfa_heads")  # fields() kept in checkpoints
 
 
@@ -109,13 +143,11 @@ class FeatureStats:
         """ids, positions (B, T): tokens and their corpus positions (BOS at t = 0 is skipped);
         z, v (B, T, head_index, d_head) and pattern (B, head_index, T, T) at this SAE's layer."""
         B, T = ids.shape
-        acts, _ = self.sae.encode(z.flatten(-2))  # (B, T, F)
-        acts[:, 0] = 0.0  # BOS
-        flat = acts.reshape(B * T, -1)  # (N, F)
-        F = flat.shape[1]
+        bos = (torch.arange(B * T) % T) == 0
+        acts = BatchActs(self.sae, z.reshape(B * T, -1), bos)
+        F = self.sae.d_sae
         self.tokens_seen += B * (T - 1)
-        rows, feats = (flat > 0).nonzero(as_tuple=True)  # occurrences: everything below works on these alone
-        val = flat[rows, feats]
+        rows, feats, val = acts.occurrences()  # everything below works on these alone
         self.fire_count += torch.bincount(feats, minlength=F)
         self.max_act.scatter_reduce_(0, feats, val, reduce="amax")
         self._rescale(torch.ceil(torch.log2(self.max_act.clamp_min(1e-9))).to(torch.int64))
@@ -135,6 +167,11 @@ class FeatureStats:
         # this batch's candidates: per feature its k largest occurrences, by (feature, value desc, position asc)
         # one stable sort on an exact int64 key: feature ascending, then value descending (a positive float32's bits
         # order like the float), then ties in row order, which is corpus order when positions increase along rows
+        # an occurrence below its feature's k-th largest so far can never enter (ties can: they are decided below)
+        live = val >= self.top.value.amin(1)[feats]
+        rows, feats, val = rows[live], feats[live], val[live]
+        if rows.numel() == 0:
+            return
         ahead = None if bool((pos[1:] > pos[:-1]).all()) else torch.argsort(pos[rows], stable=True)
         bits = val.contiguous().view(torch.int32).to(torch.int64)
         key = feats.to(torch.int64) * (1 << 31) + ((1 << 31) - 1 - bits)
@@ -168,6 +205,11 @@ class FeatureStats:
         self.hist.view(-1).index_add_(0, feats * NB + bins, torch.ones_like(bins))
         keys = position_keys(pos[rows], feats, self.sae.d_sae)
         slot_group = feats * NB + bins  # (n,)
+        # a key above the largest that its (feature, bin) holds can never enter (an empty slot's key is inf)
+        live = keys <= self.res.key.view(-1, R).amax(1)[slot_group]
+        rows, feats, keys, slot_group = rows[live], feats[live], keys[live], slot_group[live]
+        if rows.numel() == 0:
+            return
         # the R smallest keys per (feature, bin) among this batch's occurrences
         order = torch.argsort(slot_group.to(torch.float64) * 2 + keys)  # groups ascending, keys ascending within
         g_sorted = slot_group[order]
@@ -186,7 +228,7 @@ class FeatureStats:
         sg, sr = kept[:, R:].nonzero(as_tuple=True)  # as many per group, in the same order
         src_row, src_f = cand_row[sg, sr], groups[sg] // NB
         self._write(self.res, groups[dg] // NB, (groups[dg] % NB) * R + dr, src_row, src_f,
-                    ctx[2].reshape(-1, self.sae.d_sae)[src_row, src_f], cand_key[sg, sr], ctx)
+                    ctx[2].at(src_row, src_f), cand_key[sg, sr], ctx)
 
     def _write(self, ex: Examples, dest_f: torch.Tensor, dest_slot: torch.Tensor, rows: torch.Tensor,
                f: torch.Tensor, vals: torch.Tensor, keys: torch.Tensor, ctx) -> None:
@@ -211,7 +253,7 @@ class FeatureStats:
         src_c = src.clamp(0, T - 1)
         bb = b.unsqueeze(1).expand_as(src_c)
         tok = torch.where(inside, ids[bb, src_c].to(torch.int32), -1)
-        win_acts = torch.where(inside, acts[bb, src_c, f.unsqueeze(1).expand_as(src_c)], 0.0)
+        win_acts = torch.where(inside, acts.at(bb * T + src_c, f.unsqueeze(1).expand_as(src_c)), 0.0)
         n, H = len(r), self.sae.n_heads
         return Examples(value=vals.to(torch.float32), key=keys.to(torch.float64), position=positions[b, t],
                         token_ids=tok, acts=win_acts.to(torch.float32), dfa=torch.zeros(n, W),
@@ -240,47 +282,62 @@ class FeatureStats:
             del self._batches[batch_no]
 
     def _dfa(self, batch: tuple[torch.Tensor, ...], r: torch.Tensor, f: torch.Tensor,
-             chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+             piece: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """For n examples (row r of the batch's B·T tokens, feature f): the DFA toward the example's token from each
         source in its window, summed over heads (n, W), and each head's whole contribution (n, head).
 
-        Examples are grouped by their token, DFA_GROUP features at a time: a group reads its token's window of
-        attention-weighted v once, (W, head·d_head), and multiplies it by its features' encoder columns in one
-        small matrix product of a fixed shape. An example's numbers depend only on its token and feature, never on
-        which other examples share its group, chunk or call (tested bit for bit)."""
+        Per sequence of the batch, the projections v_s^h · W_eff[h-slice, f] of all its sources onto the features of
+        its examples come from one matrix product per head of a fixed shape, (T, d_head) @ (d_head, DFA_COLUMNS)
+        (the features in chunks of DFA_COLUMNS, the last one padded with zero columns); an example's DFA is then its
+        attention row times those projections, summed over heads in a fixed order. A causal source after the token
+        gets no attention, so its DFA is zero. An example's numbers depend only on its token and feature, never on
+        which other examples share its chunk or call (tested bit for bit)."""
         z, pattern, v = batch  # (B, T, head, d_head), (B, head, T, T), (B, T, kv_head, d_head)
-        T = z.shape[1]
-        n_heads, d_head = self.sae.n_heads, self.sae.d_head
-        if v.shape[2] != n_heads:  # grouped-query attention: each key/value head serves several heads
-            v = v.repeat_interleave(n_heads // v.shape[2], dim=2)
+        B, T = z.shape[:2]
+        H, d_head, F = self.sae.n_heads, self.sae.d_head, self.sae.d_sae
+        if v.shape[2] != H:  # grouped-query attention: each key/value head serves several heads
+            v = v.repeat_interleave(H // v.shape[2], dim=2)
         if self._w_rows is None:
             self._w_rows = self.sae.W_eff.T.contiguous()  # (F, head·d_head): one feature's encoder column per row
         dtype = self._w_rows.dtype
-        # padded so that the window around t is rows t .. t+W-1 (zeros outside the sequence)
-        v_rows = torch.nn.functional.pad(v, (0, 0, 0, 0, LEFT, RIGHT)).reshape(-1, n_heads * d_head)  # (B·(T+W-1), ·)
-        att_win = torch.nn.functional.pad(pattern, (LEFT, RIGHT)).unfold(3, W, 1)  # (B, head, T, T, W) view
-        # groups: each token's examples, DFA_GROUP per group (the last one padded with zero columns)
-        order = torch.argsort(r, stable=True)
-        tokens, counts = torch.unique_consecutive(r[order], return_counts=True)
-        rank = torch.arange(len(r)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        per_token = (counts + DFA_GROUP - 1) // DFA_GROUP
-        group = torch.repeat_interleave(torch.cumsum(per_token, 0) - per_token, counts) + rank // DFA_GROUP
-        column = rank % DFA_GROUP
-        group_token = torch.repeat_interleave(tokens, per_token)
-        gb, gt = group_token // T, group_token % T
-        rows = (gb * (T + W - 1) + gt).unsqueeze(1) + torch.arange(W)  # (G, W)
-        att = att_win[gb, :, gt, gt].transpose(1, 2)  # (G, W, head)
-        w = torch.zeros(len(group_token), DFA_GROUP, n_heads * d_head, dtype=dtype)
-        w[group, column] = self._w_rows.index_select(0, f[order])
-        out = torch.empty(len(group_token), W, DFA_GROUP, dtype=dtype)
-        for part in torch.arange(len(group_token)).split(chunk):
-            v_win = v_rows.index_select(0, rows[part].view(-1)).view(-1, W, n_heads, d_head)
-            weighted = (v_win * att[part].unsqueeze(-1)).view(-1, W, n_heads * d_head).to(dtype)
-            out[part] = torch.bmm(weighted, w[part].transpose(1, 2))
-        dfa = torch.empty(len(r), W, dtype=dtype)
-        dfa[order] = out[group, :, column]
         b, t = r // T, r % T
-        w_all = self._w_rows.index_select(0, f).view(-1, n_heads, d_head)  # (n, head, d_head)
+        # columns: the distinct (sequence, feature) pairs, DFA_COLUMNS to a chunk, each chunk within one sequence
+        pairs, inverse = torch.unique(b * F + f, return_inverse=True)  # by sequence, then feature
+        pair_b, pair_f = pairs // F, pairs % F
+        counts = torch.bincount(pair_b, minlength=B)
+        rank = torch.arange(len(pairs)) - (torch.cumsum(counts, 0) - counts)[pair_b]
+        per_seq = (counts + DFA_COLUMNS - 1) // DFA_COLUMNS
+        chunk = (torch.cumsum(per_seq, 0) - per_seq)[pair_b] + rank // DFA_COLUMNS
+        column = rank % DFA_COLUMNS
+        n_chunks = int(per_seq.sum())
+        # the chunks' encoder columns, (chunks, head, DFA_COLUMNS, d_head), zero where a chunk has no feature
+        w = torch.zeros(n_chunks * H * DFA_COLUMNS, d_head, dtype=dtype)
+        slot = ((chunk.unsqueeze(1) * H + torch.arange(H)) * DFA_COLUMNS + column.unsqueeze(1)).view(-1)
+        w.index_copy_(0, slot, self._w_rows.index_select(0, pair_f).view(-1, d_head))
+        w = w.view(n_chunks, H, DFA_COLUMNS, d_head)
+        seq_of_chunk = torch.repeat_interleave(torch.arange(B), per_seq)
+        v_heads = v.to(dtype).permute(0, 2, 1, 3)  # (B, head, T, d_head)
+        proj = torch.empty(n_chunks, H, T, DFA_COLUMNS, dtype=dtype)
+        for lo in range(0, n_chunks, piece):  # bounded memory for long contexts
+            hi = min(lo + piece, n_chunks)
+            torch.matmul(v_heads[seq_of_chunk[lo:hi]], w[lo:hi].transpose(-1, -2), out=proj[lo:hi])
+        # each example's sources t-LEFT .. t: projections and attention, (n, LEFT+1, head), read by flat index
+        src = t.unsqueeze(1) + torch.arange(-LEFT, 1)
+        inside = src >= 0
+        src = src.clamp_min(0).unsqueeze(2)  # (n, LEFT+1, 1)
+        h = torch.arange(H)
+        c, j = chunk[inverse].view(-1, 1, 1), column[inverse].view(-1, 1, 1)
+        at_proj = ((c * H + h) * T + src) * DFA_COLUMNS + j
+        at_pattern = ((b.view(-1, 1, 1) * H + h) * T + t.view(-1, 1, 1)) * T + src
+        flat_proj, flat_pattern = proj.view(-1), pattern.reshape(-1)
+        terms = (flat_proj.index_select(0, at_proj.view(-1)) * flat_pattern.index_select(0, at_pattern.view(-1))
+                 .to(dtype)).view(at_proj.shape)
+        total = terms[..., 0]
+        for head in range(1, H):  # a fixed order of addition, whatever the shape of the call
+            total = total + terms[..., head]
+        dfa = torch.zeros(len(r), W, dtype=dtype)
+        dfa[:, : LEFT + 1] = total.masked_fill(~inside, 0.0)
+        w_all = self._w_rows.index_select(0, f).view(-1, H, d_head)  # (n, head, d_head)
         heads = (z[b, t].to(dtype) * w_all).sum(-1)
         return dfa.float(), heads
 
@@ -355,22 +412,23 @@ def reservoir_shift(res: Examples, f: torch.Tensor, j: int) -> Examples:
 
 # --- reading results out, and saving state for a resumable build ------------------------------------------------
 
-def histogram(stats: FeatureStats, f: int) -> dict:
-    """Counts of nonzero activations on the fine bins, up to the last non-empty bin."""
-    counts = stats.hist[f]
-    nonzero = counts.nonzero()
-    last = int(nonzero.max()) + 1 if nonzero.numel() else 0
-    width = 2.0 ** int(stats.log2_scale[f]) / NB
-    return {"bin_edges": [i * width for i in range(last + 1)], "counts": counts[:last].tolist()}
+def histograms(stats: FeatureStats, features: torch.Tensor) -> list[dict]:
+    """Per feature, its counts of nonzero activations on the fine bins, up to the last non-empty bin."""
+    counts = stats.hist[features]  # (n, NB)
+    last = torch.where(counts > 0, torch.arange(1, NB + 1), 0).amax(1).tolist()
+    width = (torch.exp2(stats.log2_scale[features].to(torch.float64)) / NB).tolist()
+    return [{"bin_edges": [i * w for i in range(n + 1)], "counts": row[:n]}
+            for row, n, w in zip(counts.tolist(), last, width, strict=True)]
 
 
-def interval_slots(stats: FeatureStats, features: list[int], n_intervals: int = 10,
-                   per: int = 5) -> list[list[tuple[int, int]]]:
-    """Per feature, (interval, reservoir slot) pairs: up to `per` examples from each of `n_intervals` equal-width
-    intervals of (0, max], by interval, largest activation first within one. Each fine bin's reservoir is a uniform
-    sample of its occurrences; examples are drawn across bins in proportion to bin counts (weighted sampling by
-    key**(1/weight)), so each interval's sample is close to uniform. All features at once."""
-    f = torch.as_tensor(features, dtype=torch.int64)
+def interval_slots(stats: FeatureStats, features: torch.Tensor, n_intervals: int = 10,
+                   per: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per feature, up to `per` reservoir slots from each of `n_intervals` equal-width intervals of (0, max], by
+    interval, largest activation first within one: (slot, interval, chosen), each (n, NB·R), the chosen ones a prefix
+    of each row. Each fine bin's reservoir is a uniform sample of its occurrences; examples are drawn across bins in
+    proportion to bin counts (weighted sampling by key**(1/weight)), so each interval's sample is close to uniform.
+    All features at once."""
+    f = features
     top = stats.max_act[f]  # (n,)
     pos, val, key = stats.res.position[f], stats.res.value[f], stats.res.key[f]  # (n, S)
     filled = (pos >= 0) & (top > 0).unsqueeze(1)
@@ -390,9 +448,7 @@ def interval_slots(stats: FeatureStats, features: list[int], n_intervals: int = 
     by_value = v.argsort(dim=1, descending=True, stable=True)
     final = by_value.gather(1, iv.gather(1, by_value).masked_fill(~chosen.gather(1, by_value), n_intervals + 1)
                             .argsort(dim=1, stable=True))
-    slots, ivs, ok = order.gather(1, final).tolist(), iv.gather(1, final).tolist(), chosen.gather(1, final).tolist()
-    return [[(i, s) for s, i, c in zip(srow, irow, crow, strict=True) if c]
-            for srow, irow, crow in zip(slots, ivs, ok, strict=True)]
+    return order.gather(1, final), iv.gather(1, final), chosen.gather(1, final)
 
 
 def state_dict(stats: FeatureStats) -> dict[str, torch.Tensor]:

@@ -86,6 +86,15 @@ class AttnSAE:
         values, indices = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, indices, values.relu()), pre
 
+    def encode_topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK SAEs only: x (..., d_in) -> (values, indices), each (..., k), the activations that `encode` scatters
+        into its dense result (zero where a chosen pre-activation is negative), in no particular order."""
+        pre = (x.to(self.W_eff.dtype) - self.b_dec_in) @ self.sae.W_enc + self.sae.b_enc
+        if self.rescaled:
+            pre = pre * self.dec_scale
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        return values.relu(), indices
+
     def top_active(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (T, d_in) -> the n largest activations per token (values, indices, both (T, n), largest first) and
         the active-feature count per token (T,). For TopK SAEs straight from the k largest pre-activations, with

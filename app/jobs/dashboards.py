@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,10 +25,9 @@ from tqdm import tqdm
 
 from app.engine.dashboard_stats import (
     LEFT,
-    STORED,
     Examples,
     FeatureStats,
-    histogram,
+    histograms,
     interval_slots,
     load_state_dict,
     state_dict,
@@ -35,7 +35,7 @@ from app.engine.dashboard_stats import (
 from app.engine.engine import Engine
 from app.engine.features import capture
 from app.store.dashboards import (
-    ExampleData,
+    ExampleColumns,
     FeatureDashboard,
     built_features,
     finish_build,
@@ -129,55 +129,59 @@ def save_checkpoint(path: Path, stats: dict[int, FeatureStats], done_rows: int) 
 
 
 def feature_dashboards(engine: Engine, stats: FeatureStats, features: list[int], params: BuildParams,
-                       top: Examples | None = None) -> list[FeatureDashboard]:
-    """Dashboards of these features from the pass's statistics; top: stats.sorted_top(), when the caller has it."""
+                       top: Examples | None = None) -> tuple[list[FeatureDashboard], ExampleColumns]:
+    """Dashboards of these features from the pass's statistics, their examples as packed columns; top:
+    stats.sorted_top(), when the caller has it."""
     weights = engine.feature_weights(stats.sae.layer, features)
     top = top if top is not None else stats.sorted_top()
     f = torch.as_tensor(features, dtype=torch.int64)
-    tops, intervals = PackedSlots(top, f), PackedSlots(stats.res, f)
-    chosen = interval_slots(stats, features, params.n_intervals, params.per_interval)
     fire, max_act = stats.fire_count[f].tolist(), stats.max_act[f].tolist()
-    out = []
-    for i, (feature, w) in enumerate(zip(features, weights, strict=True)):
-        examples = [tops.example(i, slot, "top", rank, None) for rank, slot in enumerate(tops.filled(i))]
-        examples += [intervals.example(i, slot, "interval", rank, interval)
-                     for rank, (interval, slot) in enumerate(chosen[i])]
-        out.append(FeatureDashboard(
-            index=feature, density=fire[i] / max(1, stats.tokens_seen), max_activation=max_act[i],
-            histogram=histogram(stats, feature), logit_effects=w["logit_effects"],
-            head_attribution=w["head_attribution"], similar=w["similar_features"], examples=examples,
-        ))
-    return out
+    dashboards = [
+        FeatureDashboard(index=feature, density=fire[i] / max(1, stats.tokens_seen), max_activation=max_act[i],
+                         histogram=hist, logit_effects=w["logit_effects"], head_attribution=w["head_attribution"],
+                         similar=w["similar_features"])
+        for i, (feature, w, hist) in enumerate(zip(features, weights, histograms(stats, f), strict=True))
+    ]
+    return dashboards, example_columns(stats, top, f, params)
 
 
-class PackedSlots:
-    """Some features' example slots, packed once into their stored bytes (int32 ids, float16 values); an example
-    is then a few slices of those bytes. A window less what falls outside its sequence is contiguous, so each
-    slot's stored window is one run [first, first + length) of its row."""
+def example_columns(stats: FeatureStats, top: Examples, f: torch.Tensor, params: BuildParams) -> ExampleColumns:
+    """The top examples (every filled slot of the sorted top) and interval examples of features f, feature by
+    feature, packed as stored: a window less what falls outside its sequence is one contiguous run of its row, so
+    each example's arrays are slices of a few buffers packed once for all of them."""
+    # top: (feature, rank) of the filled slots; intervals: (feature, j) of the chosen prefix of interval_slots
+    ti, trank = (top.position[f] >= 0).nonzero(as_tuple=True)
+    slot, interval, chosen = interval_slots(stats, f, params.n_intervals, params.per_interval)
+    ii, irank = chosen.nonzero(as_tuple=True)
+    islot, iinterval = slot[ii, irank], interval[ii, irank]
+    n_top = len(ti)
+    order = torch.argsort(torch.cat([ti, ii]), stable=True)  # feature by feature, its top examples first
+    local = torch.cat([ti, ii])[order]
 
-    def __init__(self, ex: Examples, f: torch.Tensor) -> None:
-        arrays = {name: x[f].numpy() for name, x in zip(STORED, ex.fields(), strict=False)}
-        n, self.slots, self.width = arrays["token_ids"].shape
-        self.heads = arrays["dfa_heads"].shape[-1]
-        inside = arrays["token_ids"] >= 0
-        self.first, self.length = inside.argmax(-1).tolist(), inside.sum(-1).tolist()
-        self.position = arrays["position"].tolist()
-        self.ids = arrays["token_ids"].astype("<i4").tobytes()
-        self.acts, self.dfa, self.dfa_heads = (arrays[k].astype("<f2").tobytes() for k in ("acts", "dfa", "dfa_heads"))
+    def gather(name: str) -> np.ndarray:  # (m, ...) the field of every example, in `order`
+        a, b = getattr(top, name)[f[ti], trank], getattr(stats.res, name)[f[ii], islot]
+        return torch.cat([a, b])[order].numpy()
 
-    def filled(self, i: int) -> list[int]:
-        return [s for s in range(self.slots) if self.position[i][s] >= 0]
-
-    def example(self, i: int, slot: int, kind: str, rank: int, interval: int | None) -> ExampleData:
-        first, length = self.first[i][slot], self.length[i][slot]
-        a = (i * self.slots + slot) * self.width + first
-        h = (i * self.slots + slot) * self.heads
-        return ExampleData(
-            kind=kind, rank=rank, interval=interval, token_ids=self.ids[4 * a : 4 * (a + length)],
-            activations=self.acts[2 * a : 2 * (a + length)], max_position=LEFT - first,
-            dfa=self.dfa[2 * a : 2 * (a + length)], dfa_heads=self.dfa_heads[2 * h : 2 * (h + self.heads)],
-            corpus_position=self.position[i][slot],
-        )
+    ids, heads = gather("token_ids"), gather("dfa_heads")
+    m, width = ids.shape
+    inside = ids >= 0
+    first = inside.argmax(1)
+    start = np.arange(m) * width + first  # where each example's run starts in the flattened (m, W) buffers
+    runs = list(zip(start.tolist(), (start + inside.sum(1)).tolist(), strict=True))
+    ids_b = ids.astype("<i4").tobytes()
+    acts_b, dfa_b = (gather(k).astype("<f2").tobytes() for k in ("acts", "dfa"))
+    H = heads.shape[1]
+    heads_b = heads.astype("<f2").tobytes()
+    is_top = (order < n_top).tolist()
+    rank = torch.cat([trank, irank])[order].tolist()
+    interval_of = torch.cat([torch.full_like(trank, -1), iinterval])[order].tolist()
+    return ExampleColumns(
+        feature=f[local].tolist(), kind=["top" if t else "interval" for t in is_top], rank=rank,
+        interval=[None if t else i for t, i in zip(is_top, interval_of, strict=True)],
+        max_position=(LEFT - first).tolist(), corpus_position=gather("position").tolist(),
+        token_ids=[ids_b[4 * a : 4 * b] for a, b in runs], activations=[acts_b[2 * a : 2 * b] for a, b in runs],
+        dfa=[dfa_b[2 * a : 2 * b] for a, b in runs], dfa_heads=[heads_b[2 * H * e : 2 * H * (e + 1)] for e in range(m)],
+    )
 
 
 def register(session: Session, engine: Engine, model_slug: str) -> dict[int, object]:
@@ -214,9 +218,10 @@ def build(engine: Engine, factory: sessionmaker[Session], corpus: torch.Tensor, 
                          checkpoint_seconds=checkpoint_seconds)
     t_pass = time.perf_counter() - t0
 
-    def write(layer: int, build_id: int, dashboards: list[FeatureDashboard]) -> None:
+    def write(layer: int, build_id: int, dashboards: list[FeatureDashboard], columns: ExampleColumns) -> None:
         with transaction(factory) as session:  # a batch of features is written whole or not at all
-            write_features(session, sae=session.merge(saes[layer]), build_id=build_id, dashboards=dashboards)
+            write_features(session, sae=session.merge(saes[layer]), build_id=build_id, dashboards=dashboards,
+                           columns=columns)
 
     def finish(build_id: int) -> None:
         with transaction(factory) as session:
@@ -243,9 +248,9 @@ def build(engine: Engine, factory: sessionmaker[Session], corpus: torch.Tensor, 
                        disable=not progress)
             for i in range(0, len(pending), feature_batch):
                 chunk = pending[i : i + feature_batch]
-                dashboards = feature_dashboards(engine, stats[layer], chunk, params, top)
+                dashboards, columns = feature_dashboards(engine, stats[layer], chunk, params, top)
                 bar.update(wait())
-                in_flight = writer.submit(write, layer, build_id, dashboards), len(chunk)
+                in_flight = writer.submit(write, layer, build_id, dashboards, columns), len(chunk)
             bar.update(wait())
             bar.close()
             in_flight = writer.submit(finish, build_id), 0

@@ -49,6 +49,24 @@ class FeatureDashboard:
     examples: list[ExampleData] = field(default_factory=list)
 
 
+@dataclass
+class ExampleColumns:
+    """Many features' examples as columns whose arrays are already packed (int32 ids, float16 values): how the
+    dashboard builder hands over a few hundred thousand examples without a Python object each. Row i belongs to
+    the feature whose index is feature[i]; every column has one entry per row."""
+
+    feature: list[int]
+    kind: list[str]
+    rank: list[int]
+    interval: list[int | None]
+    max_position: list[int]
+    corpus_position: list[int]
+    token_ids: list[bytes]
+    activations: list[bytes]
+    dfa: list[bytes]
+    dfa_heads: list[bytes]
+
+
 def upsert_model(session: Session, *, slug: str, name: str, source: str, config: dict) -> ModelRecord:
     record = session.scalar(select(ModelRecord).where(ModelRecord.slug == slug))
     if record is None:
@@ -115,12 +133,15 @@ def built_features(session: Session, *, sae: SAERecord, build_params: dict | Non
 
 
 def write_features(session: Session, *, sae: SAERecord, build_id: int | None,
-                   dashboards: list[FeatureDashboard]) -> None:
-    """Replace these features' dashboards; callers run it in one transaction per batch of features, so a killed
-    build leaves every feature either whole or untouched."""
+                   dashboards: list[FeatureDashboard], columns: ExampleColumns | None = None) -> None:
+    """Replace these features' dashboards, with their examples from each dashboard's list and from `columns`;
+    callers run it in one transaction per batch of features, so a killed build leaves every feature either whole or
+    untouched."""
     if not dashboards:
         return
     indices = [d.index for d in dashboards]
+    if columns is not None and not set(columns.feature) <= set(indices):
+        raise ValueError("example columns name features that are not among the dashboards written")
     session.execute(delete(FeatureRecord).where(FeatureRecord.sae_id == sae.id, FeatureRecord.index.in_(indices)))
     rows = session.execute(
         insert(FeatureRecord).returning(FeatureRecord.id, FeatureRecord.index, sort_by_parameter_order=True),
@@ -134,6 +155,10 @@ def write_features(session: Session, *, sae: SAERecord, build_id: int | None,
          pack_values(e.activations), pack_values(e.dfa), pack_values(e.dfa_heads))
         for d in dashboards for e in d.examples
     ]
+    if columns is not None:
+        c = columns
+        examples += zip([ids[f] for f in c.feature], c.kind, c.rank, c.interval, c.max_position, c.corpus_position,
+                        c.token_ids, c.activations, c.dfa, c.dfa_heads, strict=True)
     if examples:  # straight to the driver's executemany: a build writes a few hundred thousand plain rows
         connection = session.connection()
         dialect = connection.dialect

@@ -7,14 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.dashboard_stats import LEFT, NB, FeatureStats
+from app.engine.dashboard_stats import LEFT, NB, FeatureStats, W
 from app.engine.engine import Engine
-from app.engine.features import capture, flat_z
+from app.engine.features import capture, dfa, flat_z
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_engines) -> Engine:
-    return tiny_engines["topk"]
+@pytest.fixture(scope="module", params=["topk", "standard"])
+def engine(tiny_engines, request) -> Engine:
+    """TopK activations are kept sparse through the pass, the others dense: both are checked."""
+    return tiny_engines[request.param]
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +86,14 @@ def test_examples_are_materialised_exactly(engine, corpus):
                 src = lo + w
                 assert tok == (int(text_ids[src]) if 0 <= src < T else -1)
             d = engine.saes[1]
-            cache = capture(engine.model, text_ids[None], ["blocks.1.attn.hook_z"])["blocks.1.attn.hook_z"][0]
-            heads = torch.einsum("hd,hd->h", cache[t], d.W_eff[:, f].view(d.n_heads, d.d_head))
+            p = "blocks.1.attn."
+            cache = capture(engine.model, text_ids[None], [p + "hook_z", p + "hook_pattern", p + "hook_v"])
+            heads = torch.einsum("hd,hd->h", cache[p + "hook_z"][0, t], d.W_eff[:, f].view(d.n_heads, d.d_head))
             torch.testing.assert_close(stats.top.dfa_heads[f, slot], heads, atol=1e-5, rtol=1e-4)
+            # every source's DFA against the engine's own (tested against pattern and values in test_exactness)
+            per_source = dfa(d, cache[p + "hook_pattern"][0], cache[p + "hook_v"][0], f, t).sum(0)  # (T,)
+            expected = torch.tensor([float(per_source[lo + w]) if 0 <= lo + w < T else 0.0 for w in range(W)])
+            torch.testing.assert_close(stats.top.dfa[f, slot], expected, atol=1e-5, rtol=1e-4)
             # DFA over the window's sources adds up to the heads' total when the window holds every source
             if t <= LEFT:
                 torch.testing.assert_close(stats.top.dfa[f, slot].sum(), heads.sum(), atol=1e-4, rtol=1e-4)
