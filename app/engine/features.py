@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from transformer_lens import HookedTransformer
 
+from app.engine.forward import lean_forward
 from app.engine.saes import AttnSAE
 
 CAPTURE_LEVEL = -1  # the context level of capture()'s hooks: TransformerLens's own levels count up from 0
@@ -22,6 +23,9 @@ class _Captured(Exception):
 def capture(model: HookedTransformer, ids: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
     """Run the model on ids (B, T) only as far as the last hook in `names` (the rest of that block and every later
     block are skipped), and keep those activations; one forward pass for all of them."""
+    lean = lean_forward(model, names)
+    if lean is not None:  # the same numbers without TransformerLens's per-call overhead (app/engine/forward.py)
+        return lean.run(model, ids, names)
     store: dict[str, torch.Tensor] = {}
     wanted = set(names)
 

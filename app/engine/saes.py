@@ -103,9 +103,9 @@ class AttnSAE:
             pre = (x.to(self.W_eff.dtype) - self.b_dec_in) @ self.sae.W_enc + self.sae.b_enc
             if self.rescaled:
                 pre = pre * self.dec_scale
-            values, indices = pre.topk(self.k, dim=-1)  # sorted, largest first
-            values = values.relu()
-            return values[:, :n], indices[:, :n], (values > 0).sum(-1)
+            values, indices = pre.topk(n, dim=-1)  # sorted, largest first: the first n of the k the SAE keeps
+            # of the k largest pre-activations, as many are positive as there are positive ones, up to k
+            return values.relu(), indices, (pre > 0).sum(-1).clamp_max(self.k)
         acts, _ = self.encode(x)
         values, indices = acts.topk(min(n, acts.shape[-1]), dim=-1)
         return values, indices, (acts > 0).sum(-1)

@@ -170,3 +170,25 @@ def test_analyze_head_contributions_equal_the_trace(engines):
         for entry in row:
             trace = engine.feature_trace(PROMPT, 1, entry["feature"])
             assert entry["heads"] == pytest.approx(trace["head_contributions"][t], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("shift", [0.0, -2.0, -100.0])
+def test_top_active_equals_topk_of_saelens_encode(engines, shift):
+    """TopK: top_active reads the n largest and counts L0 without the SAE's k largest; with the encoder bias shifted
+    down, fewer than k pre-activations are positive (and at -100 none are), so both sides of its count are met."""
+    import copy
+
+    sae = copy.deepcopy(engines["topk"].saes[1])
+    with torch.no_grad():
+        sae.sae.b_enc += shift
+    _, cache = engines["topk"].model.run_with_cache(engines["topk"].model.to_tokens(PROMPT))
+    z = cache["blocks.1.attn.hook_z"][0]  # (T, head_index, d_head)
+    with torch.no_grad():
+        ref = sae.sae.encode(z)  # SAELens's own TopK encode (it flattens hook_z itself)
+    x = z.flatten(-2)
+    values, indices, l0 = sae.top_active(x, 5)
+    assert l0.tolist() == (ref > 0).sum(-1).tolist()
+    counts = set(l0.tolist())
+    assert (shift == 0.0 and max(counts) == sae.k) or (shift == -100.0 and counts == {0}) or min(counts) < sae.k
+    torch.testing.assert_close(values, ref.topk(5, dim=-1).values, atol=1e-6, rtol=0)
+    assert torch.equal(ref.gather(1, indices)[values > 0], values[values > 0])
