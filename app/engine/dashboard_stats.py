@@ -96,6 +96,14 @@ class BatchActs:
             acts, _ = sae.encode(x)
             self.indices, self.dense = None, acts.masked_fill(skip.unsqueeze(1), 0.0)
 
+    def cpu(self) -> BatchActs:
+        """The same activations, on the CPU (where the statistics are kept)."""
+        for name in ("values", "indices", "dense"):
+            t = getattr(self, name, None)
+            if t is not None:
+                setattr(self, name, t.cpu())
+        return self
+
     def occurrences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, features, values) of every nonzero activation, by row, then by feature."""
         if self.indices is None:
@@ -141,10 +149,13 @@ class FeatureStats:
     def update(self, ids: torch.Tensor, positions: torch.Tensor, z: torch.Tensor, pattern: torch.Tensor,
                v: torch.Tensor) -> None:
         """ids, positions (B, T): tokens and their corpus positions (BOS at t = 0 is skipped);
-        z, v (B, T, head_index, d_head) and pattern (B, head_index, T, T) at this SAE's layer."""
+        z, v (B, T, head_index, d_head) and pattern (B, head_index, T, T) at this SAE's layer, on any device: the
+        encode runs where the SAE lives (a GPU), the bookkeeping on the CPU."""
+        ids, positions = ids.cpu(), positions.cpu()
         B, T = ids.shape
-        bos = (torch.arange(B * T) % T) == 0
-        acts = BatchActs(self.sae, z.reshape(B * T, -1), bos)
+        bos = (torch.arange(B * T, device=z.device) % T) == 0
+        acts = BatchActs(self.sae, z.reshape(B * T, -1), bos).cpu()
+        z, pattern, v = z.cpu(), pattern.cpu(), v.cpu()
         F = self.sae.d_sae
         self.tokens_seen += B * (T - 1)
         rows, feats, val = acts.occurrences()  # everything below works on these alone
@@ -298,7 +309,7 @@ class FeatureStats:
         if v.shape[2] != H:  # grouped-query attention: each key/value head serves several heads
             v = v.repeat_interleave(H // v.shape[2], dim=2)
         if self._w_rows is None:
-            self._w_rows = self.sae.W_eff.T.contiguous()  # (F, head·d_head): one feature's encoder column per row
+            self._w_rows = self.sae.W_eff.T.contiguous().cpu()  # (F, head·d_head): a feature's encoder column per row
         dtype = self._w_rows.dtype
         b, t = r // T, r % T
         # columns: the distinct (sequence, feature) pairs, DFA_COLUMNS to a chunk, each chunk within one sequence

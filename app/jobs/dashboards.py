@@ -91,8 +91,7 @@ def run_pass(engine: Engine, corpus: torch.Tensor, layers: list[int], batch_size
         cache = capture(engine.model, ids, names)
         for layer in layers:
             p = f"blocks.{layer}.attn."
-            stats[layer].update(ids.cpu(), positions.cpu(), cache[p + "hook_z"].cpu(), cache[p + "hook_pattern"].cpu(),
-                                cache[p + "hook_v"].cpu())
+            stats[layer].update(ids, positions, cache[p + "hook_z"], cache[p + "hook_pattern"], cache[p + "hook_v"])
         bar.update(ids.numel())
         batches += 1
         done_rows = start + ids.shape[0]
