@@ -7,6 +7,7 @@ from sqlalchemy import inspect
 
 from app.store import explanations, keys, results
 from app.store.dashboards import (
+    ExampleColumns,
     ExampleData,
     FeatureDashboard,
     find_sae,
@@ -18,6 +19,7 @@ from app.store.dashboards import (
     write_features,
 )
 from app.store.db import current_revision
+from app.store.packing import pack_ids, pack_values
 
 
 @pytest.fixture
@@ -61,6 +63,28 @@ def test_dashboard_round_trip(session, sae):
     assert body["interval_examples"][0]["interval"] == 4
     assert body["similar_features"] == [{"feature": 3, "cosine": 0.5}]
     assert read_dashboard(session, sae=sae, feature=8) is None
+
+
+def test_examples_as_packed_columns_read_back_like_example_lists(session, sae):
+    """The dashboard builder hands examples over as columns of packed bytes; they read back exactly as the same
+    examples given one object each."""
+    as_objects = dashboard(7)
+    columns = ExampleColumns(
+        feature=[9] * 4, kind=[e.kind for e in as_objects.examples], rank=[e.rank for e in as_objects.examples],
+        interval=[e.interval for e in as_objects.examples], max_position=[e.max_position for e in as_objects.examples],
+        corpus_position=[e.corpus_position for e in as_objects.examples],
+        token_ids=[pack_ids(e.token_ids) for e in as_objects.examples],
+        activations=[pack_values(e.activations) for e in as_objects.examples],
+        dfa=[pack_values(e.dfa) for e in as_objects.examples],
+        dfa_heads=[pack_values(e.dfa_heads) for e in as_objects.examples])
+    without = dashboard(9)
+    without.examples = []
+    write_features(session, sae=sae, build_id=None, dashboards=[as_objects, without], columns=columns)
+    a, b = read_dashboard(session, sae=sae, feature=7), read_dashboard(session, sae=sae, feature=9)
+    assert a["top_examples"] == b["top_examples"] and a["interval_examples"] == b["interval_examples"]
+    assert len(b["top_examples"]) == 3 and len(b["interval_examples"]) == 1
+    with pytest.raises(ValueError, match="not among the dashboards"):
+        write_features(session, sae=sae, build_id=None, dashboards=[dashboard(8)], columns=columns)
 
 
 def test_rewriting_a_feature_replaces_it(session, sae):
