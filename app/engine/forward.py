@@ -51,7 +51,8 @@ def unsupported(model: HookedTransformer) -> str | None:
 
 
 class LeanForward:
-    """The lean pass for one model; `stale` says when its copies of the attention weights no longer match."""
+    """The lean pass for one model; `stale` says when its copies of the attention weights no longer match. The
+    copies cost the attention weights' size once (GPT-2 small: 113 MB), made on the first capture."""
 
     def __init__(self, model: HookedTransformer) -> None:
         self.sources = [p for block in model.blocks for p in (block.attn.W_Q, block.attn.W_K, block.attn.W_V,
