@@ -171,6 +171,18 @@ def _read_kissane(path: Path, device: str) -> SAE:
     return sae
 
 
+ALIGNMENT = 64  # bytes: what torch's CPU allocator gives; BLAS reads misaligned weights measurably slower
+
+
+def realign(module: torch.nn.Module) -> None:
+    """Give every parameter whose data does not start on a 64-byte boundary a fresh copy that does. safetensors
+    hands out views into one buffer behind an 8-byte-aligned header, and MKL's matmul on such a view of an SAE
+    encoder took 0.60 ms against 0.45 ms aligned (64 tokens, 256 x 2048, 2 threads)."""
+    for param in module.parameters():
+        if param.data_ptr() % ALIGNMENT:
+            param.data = param.data.clone()
+
+
 def attach_saes(model: HookedTransformer, specs: list[str], device: str = "cpu") -> list[AttnSAE]:
     """Load every SAE and check it sits on hook_z of this model with d_in = n_heads·d_head, one per layer."""
     out: list[AttnSAE] = []
@@ -189,5 +201,6 @@ def attach_saes(model: HookedTransformer, specs: list[str], device: str = "cpu")
             raise LoadError(f"SAE {source} and SAE {by_layer[layer]} both sit on layer {layer}: give one per layer")
         by_layer[layer] = source
         sae.eval()
+        realign(sae)
         out.append(AttnSAE(sae_id=f"L{layer}", layer=layer, sae=sae, n_heads=n_heads, d_head=d_head, source=source))
     return sorted(out, key=lambda s: s.layer)

@@ -226,3 +226,18 @@ def test_sae_folder_with_sparsity_file_loads(tmp_path, model):
     save_file({"sparsity": torch.full((128,), -2.0)}, folder / "sparsity.safetensors")
     [sae] = attach_saes(model, [str(folder)])
     assert sae.architecture == "jumprelu" and sae.d_sae == 128
+
+
+def test_sae_weights_are_realigned_and_unchanged(model, sae_dirs):
+    """safetensors gives views into one buffer, often off a 64-byte boundary; attach_saes copies those (BLAS reads
+    them faster) and the copies hold the same numbers as the files."""
+    from safetensors.torch import load_file
+
+    from app.engine.loading import ALIGNMENT
+
+    for arch, folders in sae_dirs.items():
+        for sae in attach_saes(model, [str(folders[0])]):
+            stored = load_file(folders[0] / "sae_weights.safetensors")
+            for name, param in sae.sae.named_parameters():
+                assert param.data_ptr() % ALIGNMENT == 0, (arch, name)
+                assert torch.equal(param.detach(), stored[name]), (arch, name)
