@@ -129,3 +129,37 @@ def test_ready(web, tmp_path):
     with TestClient(create_web_app(Settings(database_url=url, worker_urls=[f"http://127.0.0.1:{free_port()}"]))) as c:
         r = c.get("/ready")
     assert r.status_code == 503 and r.json()["workers"] == [] and r.headers["Retry-After"]
+
+
+def test_a_url_that_is_not_a_worker_is_a_clear_503(tmp_path):
+    """A worker URL pointing at some other web server (200, HTML) must not become a 500."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotAWorker(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the standard library's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b"<html>an intranet page</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotAWorker)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"sqlite:///{tmp_path / 'nw.db'}"
+    from app.store.db import upgrade
+
+    upgrade(url)
+    settings = Settings(database_url=url, worker_urls=[f"http://127.0.0.1:{server.server_address[1]}"])
+    try:
+        with TestClient(create_web_app(settings)) as c:
+            r = c.post("/api/v1/analyze", json={"text": PROMPT})
+    finally:
+        server.shutdown()
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    assert "not JSON" in r.json()["detail"] and "SAE Explorer worker" in r.json()["detail"]
