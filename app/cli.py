@@ -26,10 +26,31 @@ def _engine_from_settings(settings):
     return Engine(model, saes, name)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def _serve(app, executor=None, **config) -> int:
+    """uvicorn with `config`; with an executor (a MainThreadExecutor), the server runs on a thread of its own and
+    the engine's calls on this, the main thread (faster there, see MainThreadExecutor). SIGINT and SIGTERM end it
+    gracefully either way: requests in flight are answered first."""
+    import signal
+    import threading
+
     import uvicorn
 
+    server = uvicorn.Server(uvicorn.Config(app, **config))
+    if executor is None:
+        server.run()
+        return 0 if server.started else 1
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, server.handle_exit)
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    executor.run_until(lambda: not thread.is_alive())
+    thread.join()
+    return 0 if server.started else 1  # it never started: the port is taken, say (uvicorn said why)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
     from app.engine.loading import LoadError
+    from app.worker.queue import MainThreadExecutor
     from app.worker.service import create_worker_app
 
     try:
@@ -42,37 +63,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
     info = engine.info()
     print(f"saex worker: {info['model']['name']} with SAEs on layers {[s['layer'] for s in info['saes']]}, "
           f"serving on http://{args.host}:{args.port}", file=sys.stderr)
-    app = create_worker_app(engine, settings.queue_size, settings.time_budget_s)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                access_log=False)  # our own JSON request log replaces uvicorn's, which prints query strings
-    return 0
+    executor = MainThreadExecutor()
+    app = create_worker_app(engine, settings.queue_size, settings.time_budget_s, executor)
+    # our own JSON request log replaces uvicorn's access log, which prints query strings
+    return _serve(app, executor, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.store.db import upgrade
     from app.web.app import create_web_app
+    from app.worker.queue import MainThreadExecutor
 
     try:
         settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device,
                                  worker_urls=args.worker_url, queue_size=args.queue_size, threads=args.threads)
         upgrade(settings.resolved_database_url)
-        worker_app = None
+        worker_app, executor = None, None
         if not settings.worker_urls:  # the embedded default: an in-process worker, dashboards built on first run
             from app.worker.service import create_worker_app
 
             engine = _engine_from_settings(settings)
             if args.dashboard_tokens > 0:
                 _ensure_dashboards(engine, settings, args.dashboard_tokens)
-            worker_app = create_worker_app(engine, settings.queue_size, settings.time_budget_s)
+            executor = MainThreadExecutor()
+            worker_app = create_worker_app(engine, settings.queue_size, settings.time_budget_s, executor)
         app = create_web_app(settings, worker_app)
     except ValueError as exc:  # bad settings, or a model/SAE that cannot be served (LoadError is a ValueError)
         print(f"saex serve: {exc}", file=sys.stderr)
         return 2
     print(f"saex serve: http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, proxy_headers=True)
-    return 0
+    return _serve(app, executor, host=args.host, port=args.port, log_level="warning", access_log=False,
+                  proxy_headers=True)
 
 
 def _ensure_dashboards(engine, settings, tokens: int) -> None:

@@ -9,6 +9,8 @@ deadline raises OverBudget.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from transformer_lens import HookedTransformer
@@ -48,6 +50,35 @@ class Engine:
         self.device = next(model.parameters()).device
         self.prepend_bos = bool(model.cfg.default_prepend_bos)
         self._token_str: dict[int, str] = {}
+
+    # --- how much work a pass is, and on how many threads it runs -----------------------------------------------
+
+    def pass_flops(self, tokens: int) -> float:
+        """Floating-point operations (2 per multiply-add) of one analysis pass over `tokens` tokens: every block
+        before the last SAE's layer whole, that layer's attention up to hook_z (no output projection, no MLP),
+        and every SAE's encoder."""
+        cfg = self.model.cfg
+        last = max(self.saes)
+        qkv = 3 * cfg.d_model * cfg.n_heads * cfg.d_head
+        out = cfg.d_model * cfg.n_heads * cfg.d_head
+        mlp = 0 if cfg.attn_only else (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_mlp
+        scores = 2 * tokens * cfg.n_heads * cfg.d_head  # per token: q.k over the context, then pattern @ v
+        encoders = sum(s.d_in * s.d_sae for s in self.saes.values())
+        return 2.0 * tokens * (last * (out + mlp) + (last + 1) * (qkv + scores) + encoders)
+
+    @staticmethod
+    @contextmanager
+    def threads(n: int) -> Iterator[None]:
+        """Compute with n intra-op threads inside the block (on the calling thread), as before after it."""
+        before = torch.get_num_threads()
+        if n == before:
+            yield
+            return
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     # --- description and tokens -------------------------------------------------------------------------------
 

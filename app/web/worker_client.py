@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 
 import httpx
 import orjson
-
 
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -71,7 +71,7 @@ class WorkerClient:
         last = ""
         for i in self._order():
             try:
-                r = await self._clients[i].request(method, path, content=None if body is None else orjson.dumps(body),
+                r = await self._clients[i].request(method, path, content=None if body is None else _dumps(body),
                                                    headers=JSON_HEADERS if body is not None else None)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 self._down_until[i] = time.monotonic() + self.cooldown
@@ -108,6 +108,13 @@ class WorkerClient:
             except httpx.HTTPError:
                 pass
         return out
+
+
+def _dumps(body: dict) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # an integer past 64 bits (a layer of -2**63-1, say): the worker says what is wrong with it
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _detail(r: httpx.Response) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -38,17 +39,62 @@ def get_budget(request: Request) -> float:
 
 BudgetDep = Annotated[float, Depends(get_budget)]
 
+COLD_AFTER_S = 0.06  # idle this long, and a virtual machine's other cores come back slowly
+SMALL_PASS_FLOPS = 2e9  # a single pass this small computes faster on one thread after an idle spell
 
-async def compute(queue: BoundedQueue, fn: Callable[[], dict], budget_s: float | None = None) -> FastJSON:
+
+class Threads:
+    """How many intra-op threads each computation gets. After the worker sat idle for COLD_AFTER_S, a virtual
+    machine's other cores come back slowly: for some milliseconds every parallel kernel waits for them. Measured
+    on the demo model (2 vCPUs, 2 torch threads, same runs): after 100 ms idle, a 64-token analysis took 14.2 ms of
+    engine time on 2 threads and 7.2 ms on one (128 tokens: 18.4 and 12.0); back to back, 2 threads were the
+    faster (4.8 and 6.2; 7.4 and 10.2). In-process, 64 tokens after an idle spell of 25, 50, 75, 100 and 150 ms:
+    7.3, 7.9, 15.6, 15.9 and 16.4 ms on 2 threads, 8.6-9.5 ms on one throughout. So a single pass of at most
+    SMALL_PASS_FLOPS that follows an idle spell of COLD_AFTER_S runs on one thread, everything else on all."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.last_end = 0.0  # time.monotonic() when the last computation ended
+
+    def single_pass(self, text: str) -> int | None:
+        """Threads for one forward pass over text, asked when it starts: 1 when cold and small, else None (all)."""
+        if time.monotonic() - self.last_end <= COLD_AFTER_S:
+            return None
+        tokens = min(len(text.encode()) + 1, self.engine.model.cfg.n_ctx)  # a byte-level BPE token is >= 1 byte
+        return 1 if self.engine.pass_flops(tokens) <= SMALL_PASS_FLOPS else None
+
+    def run(self, fn: Callable[[], dict], threads: int | None) -> dict:
+        try:
+            if threads is None:
+                return fn()
+            with self.engine.threads(threads):
+                return fn()
+        finally:
+            self.last_end = time.monotonic()
+
+
+def get_threads(request: Request) -> Threads:
+    return request.app.state.threads
+
+
+ThreadsDep = Annotated[Threads, Depends(get_threads)]
+
+
+async def compute(queue: BoundedQueue, fn: Callable[[], dict], budget_s: float | None = None,
+                  threads: Threads | None = None, single_pass_over: str | None = None) -> FastJSON:
     """Run fn on the engine thread; map input errors, a full queue and a spent time budget (counted from now, so
-    time waiting in the queue counts) to their HTTP answers."""
+    time waiting in the queue counts) to their HTTP answers. single_pass_over: the text, when fn is one forward
+    pass over it (threads then decides how many intra-op threads it gets)."""
     deadline = None if budget_s is None else time.monotonic() + budget_s
 
     def timed() -> tuple[dict, float]:
         if deadline is not None and time.monotonic() > deadline:
             raise OverBudget("the request waited in the queue past its time budget")
         t0 = time.perf_counter()
-        return fn(), time.perf_counter() - t0
+        if threads is None:
+            return fn(), time.perf_counter() - t0
+        n = None if single_pass_over is None else threads.single_pass(single_pass_over)
+        return threads.run(fn, n), time.perf_counter() - t0
 
     try:
         t_wait = time.perf_counter()
@@ -71,10 +117,12 @@ async def compute(queue: BoundedQueue, fn: Callable[[], dict], budget_s: float |
         raise HTTPException(422, str(exc)) from exc
 
 
-def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float = 60.0) -> FastAPI:
+def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float = 60.0,
+                      executor: Executor | None = None) -> FastAPI:
     """time_budget_s: the most one request may take, queueing included; steering stops between tokens when it
-    runs out, and a request still queued then is answered 503 without being computed."""
-    queue = BoundedQueue(queue_size)
+    runs out, and a request still queued then is answered 503 without being computed. executor: where the engine
+    computes (see BoundedQueue)."""
+    queue = BoundedQueue(queue_size, executor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -86,6 +134,7 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
     app.state.engine = engine
     app.state.queue = queue
     app.state.time_budget_s = time_budget_s
+    app.state.threads = Threads(engine)
     install_error_handlers(app)
 
     @app.get("/health")
@@ -97,32 +146,38 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
         return engine.info()
 
     @app.get("/v1/head-scores")
-    async def head_scores(engine: EngineDep, queue: QueueDep, budget: BudgetDep) -> FastJSON:
+    async def head_scores(engine: EngineDep, queue: QueueDep, budget: BudgetDep, threads: ThreadsDep) -> FastJSON:
         """Per layer and head: induction and previous-token scores on repeated random tokens."""
-        return await compute(queue, engine.head_scores, budget)
+        return await compute(queue, engine.head_scores, budget, threads)
 
     @app.post("/v1/tokenize", response_model=P.TokenizeResponse, responses=ERRORS)
-    async def tokenize(body: P.TextRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep) -> FastJSON:
-        return await compute(queue, lambda: engine.tokenize(body.text), budget)
+    async def tokenize(body: P.TextRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
+                       threads: ThreadsDep) -> FastJSON:
+        return await compute(queue, lambda: engine.tokenize(body.text), budget, threads, body.text)
 
     @app.post("/v1/analyze", response_model=P.AnalyzeResponse, responses=ERRORS)
-    async def analyze(body: P.AnalyzeRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep) -> FastJSON:
+    async def analyze(body: P.AnalyzeRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
+                      threads: ThreadsDep) -> FastJSON:
         return await compute(queue, lambda: engine.analyze(body.text, body.layers, body.top_k, body.head_contributions),
-                             budget)
+                             budget, threads, body.text)
 
     @app.post("/v1/feature-trace", response_model=P.FeatureTraceResponse, responses=ERRORS)
-    async def feature_trace(body: P.FeatureRequest, engine: EngineDep, queue: QueueDep,
-                            budget: BudgetDep) -> FastJSON:
-        return await compute(queue, lambda: engine.feature_trace(body.text, body.layer, body.feature), budget)
+    async def feature_trace(body: P.FeatureRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
+                            threads: ThreadsDep) -> FastJSON:
+        return await compute(queue, lambda: engine.feature_trace(body.text, body.layer, body.feature), budget,
+                             threads, body.text)
 
     @app.post("/v1/dfa", response_model=P.DFAResponse, responses=ERRORS)
-    async def dfa(body: P.DFARequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep) -> FastJSON:
-        return await compute(queue, lambda: engine.dfa(body.text, body.layer, body.feature, body.position), budget)
+    async def dfa(body: P.DFARequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
+                  threads: ThreadsDep) -> FastJSON:
+        return await compute(queue, lambda: engine.dfa(body.text, body.layer, body.feature, body.position), budget,
+                             threads, body.text)
 
     @app.post("/v1/steer", response_model=P.SteerResponse, responses=ERRORS)
-    async def steer(body: P.SteerRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep) -> FastJSON:
+    async def steer(body: P.SteerRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
+                    threads: ThreadsDep) -> FastJSON:
         edits = [i.model_dump() for i in body.interventions]
         deadline = time.monotonic() + budget
         return await compute(queue, lambda: engine.steer(body.text, edits, body.max_new_tokens, body.temperature,
-                                                         body.seed, body.top_logprobs, deadline), budget)
+                                                         body.seed, body.top_logprobs, deadline), budget, threads)
     return app

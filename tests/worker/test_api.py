@@ -229,3 +229,49 @@ def test_json_bodies_refuse_non_finite_numbers():
     for bad in ({"a": [float("nan")]}, {"a": {"b": float("inf")}}):
         with pytest.raises(ValueError, match="non-finite"):
             FastJSON(bad)
+
+
+def test_a_small_pass_after_an_idle_spell_computes_on_one_thread(engine):
+    """Threads: one intra-op thread for a small single pass after COLD_AFTER_S idle; all of them when warm, for a
+    pass too big, or for anything that is not a single pass; the count is restored after each call."""
+    import time
+
+    import torch
+
+    from app.worker.service import COLD_AFTER_S, SMALL_PASS_FLOPS, Threads
+
+    threads = Threads(engine)
+    seen = lambda: torch.get_num_threads()  # noqa: E731
+    with engine.threads(2):
+        threads.last_end = time.monotonic() - 2 * COLD_AFTER_S
+        assert threads.run(seen, threads.single_pass(PROMPT)) == 1  # cold and small
+        assert torch.get_num_threads() == 2
+        assert threads.run(seen, threads.single_pass(PROMPT)) == 2  # warm: it just ran
+        threads.last_end = time.monotonic() - 2 * COLD_AFTER_S
+        assert threads.run(seen, None) == 2  # not a single pass (steering)
+        threads.last_end = time.monotonic() - 2 * COLD_AFTER_S
+        long_text = "x" * 10_000
+        assert engine.pass_flops(engine.model.cfg.n_ctx) <= SMALL_PASS_FLOPS  # the tiny model: always small
+        assert threads.run(seen, threads.single_pass(long_text)) == 1
+        big = engine.pass_flops  # a model whose pass is large
+        engine.pass_flops = lambda tokens: SMALL_PASS_FLOPS * 2
+        try:
+            threads.last_end = time.monotonic() - 2 * COLD_AFTER_S
+            assert threads.run(seen, threads.single_pass(PROMPT)) == 2
+        finally:
+            engine.pass_flops = big
+        threads.last_end = time.monotonic() - 2 * COLD_AFTER_S
+        with pytest.raises(ZeroDivisionError):
+            threads.run(lambda: 1 / 0, threads.single_pass(PROMPT))
+        assert torch.get_num_threads() == 2 and time.monotonic() - threads.last_end < COLD_AFTER_S
+
+
+def test_pass_flops_is_what_an_analysis_multiplies(engine):
+    """Exactly torch's own FLOP count of the matrix products in a real analysis (the rest is elementwise)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for text in (PROMPT, "The quick brown fox jumps over the lazy dog. " * 3):
+        tokens = len(engine.tokenize(text)["token_ids"])
+        with FlopCounterMode(display=False) as counter:
+            engine.analyze(text)
+        assert counter.get_total_flops() == engine.pass_flops(tokens)
