@@ -140,8 +140,7 @@ class Engine:
             for sae in saes:
                 z = zs[sae.hook_name][0]  # (T, head_index, d_head)
                 values, indices, l0 = sae.top_active(F.flat_z(z), top_k)
-                rows, l0 = F.top_features(values, indices), l0.tolist()
-                listed = [[{"feature": f, "activation": a} for f, a in row] for row in rows]
+                listed, l0 = F.top_features(values, indices), l0.tolist()
                 if head_contributions:
                     for t, row in enumerate(listed):
                         if row:

@@ -58,12 +58,11 @@ def flat_z(z: torch.Tensor) -> torch.Tensor:
     return z.flatten(-2)
 
 
-def top_features(values: torch.Tensor, indices: torch.Tensor) -> list[list[tuple[int, float]]]:
-    """values, indices (T, k), largest first -> per token the active features as (feature, activation)."""
-    rows = []
-    for vals, idx in zip(values.tolist(), indices.tolist(), strict=True):
-        rows.append([(i, v) for i, v in zip(idx, vals, strict=True) if v > 0])
-    return rows
+def top_features(values: torch.Tensor, indices: torch.Tensor) -> list[list[dict]]:
+    """values, indices (T, k), largest first -> per token the active features as the contract's
+    {"feature", "activation"} entries (one comprehension: this runs once per layer on every analysis)."""
+    return [[{"feature": i, "activation": v} for i, v in zip(idx, vals, strict=True) if v > 0]
+            for vals, idx in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
 def head_contributions(sae: AttnSAE, z: torch.Tensor, feature: int) -> torch.Tensor:

@@ -95,7 +95,8 @@ class LeanForward:
                 scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / attn.attn_scale  # (B, head, query, key)
                 scores = torch.where(causal, scores, attn.IGNORE.to(scores.device))
                 pattern = F.softmax(scores, dim=-1)
-                pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern).to(v.dtype)
+                # TransformerLens's where(isnan, 0, pattern) in one kernel; infinities stay as they are
+                pattern = pattern.nan_to_num_(0.0, float("inf"), float("-inf")).to(v.dtype)
                 z = (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # (B, T, head, d_head)
                 for hook, value in (("hook_v", v), ("hook_pattern", pattern), ("hook_z", z)):
                     if hook in wanted.get(layer, ()):
