@@ -181,7 +181,7 @@ async def caller(request: Request, session: SessionDep, x_api_key: Annotated[str
 CallerDep = Annotated[APIKey | None, Depends(caller)]
 
 
-def require_writer(who: CallerDep) -> APIKey:
+async def require_writer(who: CallerDep) -> APIKey:
     if who is None:
         raise HTTPException(401, "this write needs an API key: send it as the X-API-Key header (create one with "
                                  "`saex keys create --name NAME`), or sign in at /sign-in in a browser",

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

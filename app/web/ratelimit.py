@@ -44,7 +44,7 @@ def caller_id(request: Request, x_api_key: str | None, authorization: str | None
     return "ip:" + (request.client.host if request.client else "unknown")
 
 
-def limit_expensive(request: Request, x_api_key: Annotated[str | None, Header()] = None,
+async def limit_expensive(request: Request, x_api_key: Annotated[str | None, Header()] = None,
                     authorization: Annotated[str | None, Header()] = None) -> None:
     buckets: TokenBuckets | None = request.app.state.rate_limits
     if buckets is None:

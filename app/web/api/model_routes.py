@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/v1", tags=["model"])
 ERRORS = P.ERROR_RESPONSES
 
 
-def get_worker(request: Request) -> WorkerClient:
+async def get_worker(request: Request) -> WorkerClient:
     return request.app.state.worker
 
 
