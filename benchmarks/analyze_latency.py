@@ -9,14 +9,16 @@ prompt on 2 CPU cores with a 2-layer d_model-256 model.
 
 The client sends and parses JSON as the web app's WorkerClient does (orjson). Each way is timed under three
 conditions, since on a shared 2-core machine what ran just before a call moves it by tens of percent:
-round_robin (one call of each way in turn), after_idle (every call after 100 ms in which nothing runs: a
-researcher's request reaching an idle machine) and back_to_back (runs of 10 calls of one way: a steady stream).
+round_robin (one call of each way per turn, in a shuffled order), after_idle (every call after 100 ms in which
+nothing runs: a researcher's request reaching an idle machine) and back_to_back (runs of 10 calls of one way: a
+steady stream).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -41,16 +43,20 @@ def percentiles(samples: list[float]) -> dict:
 
 
 def time_interleaved(fns: dict, iters: int, warmup: int = 5, regime: str = "round_robin") -> dict[str, list[float]]:
-    """Time each fn `iters` times with the ways taking turns, so that all of them meet the same drift of machine
-    speed (tens of percent within a minute on a shared VM): one call each in turn (round_robin), the same after
-    IDLE_S of sleep before every call (after_idle), or runs of RUN calls each in turn (back_to_back)."""
+    """Time each fn `iters` times with the ways taking turns in a shuffled order, so that all of them meet the same
+    drift of machine speed (tens of percent within a minute on a shared VM) and the same neighbours: one call
+    each per turn (round_robin), the same after IDLE_S of sleep before every call (after_idle), or runs of RUN
+    calls each per turn (back_to_back)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     out: dict[str, list[float]] = {name: [] for name in fns}
     run = RUN if regime == "back_to_back" else 1
+    order, rng = list(fns), random.Random(0)
     for _ in range(max(1, iters // run)):
-        for name, fn in fns.items():
+        rng.shuffle(order)  # a new order every turn: each way follows each other way as often (what ran just
+        for name in order:  # before a call moves its time; in a fixed order one way would always follow ours)
+            fn = fns[name]
             for _ in range(run):
                 if regime == "after_idle":
                     time.sleep(IDLE_S)
