@@ -83,3 +83,27 @@ def test_a_port_in_use_is_a_failed_start(tmp_path):
             stop(worker)
     assert code != 0
     assert "address already in use" in (tmp_path / "worker.log").read_text().lower()
+
+
+@demo
+def test_saex_serve_with_its_in_process_worker(tmp_path):
+    """The README's first command: the web app with the embedded model computing on the main thread; its analysis
+    equals the engine's, and SIGTERM ends it with exit code 0."""
+    from app.config import load_settings
+    from app.engine.engine import Engine
+    from app.engine.loading import attach_saes, load_model
+
+    port = free_port()
+    web = start_saex(["serve", "--port", str(port), "--dashboard-tokens", "0"], tmp_path / "serve.log",
+                     env={"SAEX_DATA_DIR": str(tmp_path / "data")})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 120, web)
+        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/analyze", json={"text": "The module", "top_k": 5}, timeout=60)
+        web.send_signal(signal.SIGTERM)
+        assert web.wait(30) == 0, (tmp_path / "serve.log").read_text()
+    finally:
+        stop(web)
+    settings = load_settings()
+    model = load_model(settings.model_spec())
+    engine = Engine(model, attach_saes(model, settings.sae_specs()), "demo")
+    assert r.status_code == 200 and r.json() == engine.analyze("The module", None, 5)
