@@ -22,10 +22,11 @@ class QueueFull(Exception):
 
 class MainThreadExecutor(Executor):
     """Runs the calls submitted to it, one at a time, on whichever thread calls `run_until`: in `saex worker` and
-    `saex serve` that is the main thread, with the HTTP server on a thread of its own. torch's CPU kernels run
-    measurably faster there than on a pool thread: in the worker, a 64-token analysis of the demo model took
-    6.4-6.6 ms of engine time on the main thread against 8.6-9.9 ms on the pool thread, in the same runs, and a
-    whole HTTP request 10.3-10.9 ms against 13.2-14.8 (2 torch threads, 2 cores)."""
+    `saex serve` that is the main thread, with the HTTP server on a thread of its own. torch's parallel CPU kernels
+    run faster there than on a pool thread. Two workers side by side, 2 torch threads on 2 cores, requests back to
+    back: a 64-token analysis of the demo model took 10.0 and 11.3 ms over HTTP against 11.4 and 12.1 ms (128
+    tokens: 15.3 against 17.1). Requests that find the worker idle, where a small pass runs on one thread anyway
+    (service.Threads), took the same time either way."""
 
     def __init__(self) -> None:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
