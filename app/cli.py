@@ -16,7 +16,9 @@ def _engine_from_settings(settings):
 
     from app.engine.engine import Engine
     from app.engine.loading import attach_saes, load_model
+    from app.memory import keep_freed_memory
 
+    keep_freed_memory()  # before the first tensor: freed memory stays mapped for the next request
     if settings.threads:
         torch.set_num_threads(settings.threads)
     use_offline_hub()
@@ -35,7 +37,10 @@ def _serve(app, executor=None, **config) -> int:
 
     import uvicorn
 
+    from app.memory import freeze_loaded_objects
+
     server = uvicorn.Server(uvicorn.Config(app, **config))
+    freeze_loaded_objects()  # start-up is done: what exists now lives as long as the process
     if executor is None:
         server.run()
         return 0 if server.started else 1
