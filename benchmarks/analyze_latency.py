@@ -7,7 +7,10 @@ SAELens way (HookedSAETransformer.run_with_cache_with_saes with the error term, 
 Prints one JSON object. Target (issue 2): our p50 at most half of the SAELens way, and under 30 ms for a 64-token
 prompt on 2 CPU cores with a 2-layer d_model-256 model.
 
-The client sends and parses JSON as the web app's WorkerClient does (orjson). Each way is timed under three
+Our side is timed with two clients, both on one kept-alive connection and parsing the body with orjson as the web
+app's WorkerClient does: http_v1_analyze uses the standard library's http.client, a lean client, so the figure is
+the endpoint's latency; via_httpx uses httpx, as WorkerClient does, which adds its own ~0.5-1 ms per call (it
+writes the headers and the body in two sends, and its stack is Python). Each way is timed under three
 conditions, since on a shared 2-core machine what ran just before a call moves it by tens of percent:
 round_robin (one call of each way per turn, in a shuffled order), after_idle (every call after 100 ms in which
 nothing runs: a researcher's request reaching an idle machine) and back_to_back (runs of 10 calls of one way: a
@@ -17,8 +20,10 @@ steady stream).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -128,6 +133,9 @@ def main() -> None:
     server = serve(args)
     reference = saelens_way(engine, 10)
     result: dict = {"model": engine.info()["model"], "threads": args.threads, "prompts": {}}
+    conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=60)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio and httpx set it
     with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
         for name, text in prompts.items():
             n_tokens = len(engine.tokenize(text)["tokens"])
@@ -137,14 +145,25 @@ def main() -> None:
 
             worker_engine_ms: list[float] = []
 
+            def engine_ms(server_timing: str) -> float:
+                return float(dict(p.split(";dur=") for p in server_timing.split(", "))["engine"])
+
             def ours(text=text, worker_engine_ms=worker_engine_ms):
+                conn.request("POST", "/v1/analyze", orjson.dumps({"text": text, "top_k": 10}), JSON_HEADERS)
+                r = conn.getresponse()
+                content = r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"/v1/analyze answered {r.status}: {content[:200]!r}")
+                worker_engine_ms.append(engine_ms(r.headers["server-timing"]))
+                return orjson.loads(content)
+
+            def via_httpx(text=text):
                 r = client.post("/v1/analyze", content=orjson.dumps({"text": text, "top_k": 10}), headers=JSON_HEADERS)
                 r.raise_for_status()
-                timing = dict(p.split(";dur=") for p in r.headers["server-timing"].split(", "))
-                worker_engine_ms.append(float(timing["engine"]))
                 return orjson.loads(r.content)
 
             body = ours()
+            assert via_httpx() == body
             ref = reference(text)
             for layer, (vals, _idx, l0) in zip(body["layers"], ref, strict=True):  # same result, checked
                 assert layer["l0"] == l0
@@ -152,17 +171,19 @@ def main() -> None:
                 want = [[v for v in row if v > 0] for row in vals]
                 assert all(abs(a - b) < 1e-4 for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True))
             # the worker computes in its own process with its own threads; in-process runs use ours
-            ways = {"http": ours, "engine": lambda text=text: engine.analyze(text, None, 10),
+            ways = {"http": ours, "httpx": via_httpx, "engine": lambda text=text: engine.analyze(text, None, 10),
                     "saelens": lambda text=text: reference(text)}
             result["prompts"][name] = {"tokens": n_tokens}
             for regime in ("round_robin", "after_idle", "back_to_back"):
                 times = time_interleaved(ways, args.iters, regime=regime)
-                ours_t, engine_t, ref_t = (percentiles(times[k]) for k in ("http", "engine", "saelens"))
+                ours_t, httpx_t, engine_t, ref_t = (percentiles(times[k]) for k in ways)
                 ours_t["worker_engine_p50_ms"] = round(statistics.median(worker_engine_ms[-ours_t["n"]:]), 2)
                 result["prompts"][name][regime] = {
-                    "http_v1_analyze": ours_t, "engine_only": engine_t, "saelens_way": ref_t,
+                    "http_v1_analyze": ours_t, "via_httpx": httpx_t, "engine_only": engine_t, "saelens_way": ref_t,
                     "ratio_p50_ours_over_saelens": round(ours_t["p50_ms"] / ref_t["p50_ms"], 3),
+                    "ratio_p50_via_httpx_over_saelens": round(httpx_t["p50_ms"] / ref_t["p50_ms"], 3),
                 }
+    conn.close()
     server.terminate()
     server.wait(10)
     print(json.dumps(result, indent=2))

@@ -231,6 +231,22 @@ def test_json_bodies_refuse_non_finite_numbers():
             FastJSON(bad)
 
 
+def test_a_result_holding_a_non_finite_number_is_a_500_with_the_request_id_never_a_null(engine, caplog):
+    """The engine thread serialises results (compute's timed()); a NaN there must still end as the server-error
+    answer, not as a body with null in it, and the queue must go on serving."""
+    original = engine.analyze
+    engine.analyze = lambda *args, **kwargs: {**original(PROMPT), "tokens": [float("nan")]}
+    try:
+        with TestClient(create_worker_app(engine), raise_server_exceptions=False) as c:
+            r = c.post("/v1/analyze", json={"text": PROMPT}, headers={"X-Request-ID": "nan-1"})
+            engine.analyze = original
+            after = c.post("/v1/analyze", json={"text": PROMPT})
+    finally:
+        engine.analyze = original
+    assert r.status_code == 500 and "nan-1" in r.json()["detail"] and "Traceback" not in r.text
+    assert after.status_code == 200 and after.json() == original(PROMPT)
+
+
 def test_a_small_pass_after_an_idle_spell_computes_on_one_thread(engine):
     """Threads: one intra-op thread for a small single pass after COLD_AFTER_S idle; all of them when warm, for a
     pass too big, or for anything that is not a single pass; the count is restored after each call."""
