@@ -19,6 +19,7 @@ from app.engine import features as F
 from app.engine.reconstruction import reconstruction_metrics
 from app.engine.saes import AttnSAE
 from app.engine.steering import MODES, Intervention, generate
+from app.engine.tokens import direct_encoder
 
 
 class InputError(ValueError):
@@ -50,6 +51,7 @@ class Engine:
         self.device = next(model.parameters()).device
         self.prepend_bos = bool(model.cfg.default_prepend_bos)
         self._token_str: dict[int, str] = {}
+        self._direct_ids = direct_encoder(model)
 
     # --- how much work a pass is, and on how many threads it runs -----------------------------------------------
 
@@ -107,7 +109,11 @@ class Engine:
         """(1, T) token ids, BOS first when the model prepends one; TooLong past the context."""
         if not isinstance(text, str) or not text:
             raise Invalid("text is empty: send the prompt to analyse as a non-empty string")
-        ids = self.model.to_tokens(text, prepend_bos=self.prepend_bos, truncate=False).to(self.device)
+        direct = None if self._direct_ids is None else self._direct_ids(text)
+        if direct is None:
+            ids = self.model.to_tokens(text, prepend_bos=self.prepend_bos, truncate=False).to(self.device)
+        else:
+            ids = torch.tensor([direct], dtype=torch.long, device=self.device)
         if ids.shape[1] > self.model.cfg.n_ctx:
             raise TooLong(f"the text is {ids.shape[1]} tokens long but the model's context is "
                           f"{self.model.cfg.n_ctx} tokens: shorten it")
