@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -20,26 +21,6 @@ from app.worker.queue import BoundedQueue, QueueFull
 
 ERRORS = P.ERROR_RESPONSES
 
-
-# Dependencies are `async def`: FastAPI runs a plain `def` dependency on a pool thread, a thread hop per
-# dependency per request (with four of them, ~1 ms of a 64-token analysis on two cores).
-async def get_engine(request: Request) -> Engine:
-    return request.app.state.engine
-
-
-async def get_queue(request: Request) -> BoundedQueue:
-    return request.app.state.queue
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
-QueueDep = Annotated[BoundedQueue, Depends(get_queue)]
-
-
-async def get_budget(request: Request) -> float:
-    return request.app.state.time_budget_s
-
-
-BudgetDep = Annotated[float, Depends(get_budget)]
 
 COLD_AFTER_S = 0.06  # idle this long, and a virtual machine's other cores come back slowly
 SMALL_PASS_FLOPS = 2e9  # a single pass this small computes faster on one thread after an idle spell
@@ -75,32 +56,41 @@ class Threads:
             self.last_end = time.monotonic()
 
 
-async def get_threads(request: Request) -> Threads:
-    return request.app.state.threads
+@dataclass
+class Worker:
+    """What every endpoint works with: the engine, its queue, the time budget per request, the thread policy."""
+
+    engine: Engine
+    queue: BoundedQueue
+    budget_s: float
+    threads: Threads
 
 
-ThreadsDep = Annotated[Threads, Depends(get_threads)]
+# One dependency, `async def`: FastAPI runs a plain `def` dependency on a pool thread (a thread hop each), and
+# resolving each dependency costs time of its own (four of them were a third of the app's time per request).
+async def get_worker(request: Request) -> Worker:
+    return request.app.state.worker
 
 
-async def compute(queue: BoundedQueue, fn: Callable[[], dict], budget_s: float | None = None,
-                  threads: Threads | None = None, single_pass_over: str | None = None) -> Response:
+WorkerDep = Annotated[Worker, Depends(get_worker)]
+
+
+async def compute(worker: Worker, fn: Callable[[], dict], single_pass_over: str | None = None) -> Response:
     """Run fn on the engine thread; map input errors, a full queue and a spent time budget (counted from now, so
     time waiting in the queue counts) to their HTTP answers. single_pass_over: the text, when fn is one forward
-    pass over it (threads then decides how many intra-op threads it gets)."""
-    deadline = None if budget_s is None else time.monotonic() + budget_s
+    pass over it (the thread policy then decides how many intra-op threads it gets)."""
+    queue, budget_s, threads = worker.queue, worker.budget_s, worker.threads
+    deadline = time.monotonic() + budget_s
 
     def timed() -> tuple[bytes, float]:
         """fn's result as JSON and the seconds fn took. The engine thread serialises it too: the result is still
         in its caches there, while the event loop's thread would read it cold (a 128-token analysis: 0.6-0.8 ms
         from the loop's thread, 0.16 ms where it was made)."""
-        if deadline is not None and time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             raise OverBudget("the request waited in the queue past its time budget")
         t0 = time.perf_counter()
-        if threads is None:
-            result = fn()
-        else:
-            n = None if single_pass_over is None else threads.single_pass(single_pass_over)
-            result = threads.run(fn, n)
+        n = None if single_pass_over is None else threads.single_pass(single_pass_over)
+        result = threads.run(fn, n)
         seconds = time.perf_counter() - t0
         return json_bytes(result), seconds
 
@@ -139,10 +129,7 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
 
     app = FastAPI(title="SAE Explorer worker", version="0.1.0", lifespan=lifespan,
                   description="Model-backed endpoints of the SAE Explorer API")
-    app.state.engine = engine
-    app.state.queue = queue
-    app.state.time_budget_s = time_budget_s
-    app.state.threads = Threads(engine)
+    app.state.worker = Worker(engine, queue, time_budget_s, Threads(engine))
     install_error_handlers(app)
 
     @app.get("/health")
@@ -150,42 +137,35 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
         return {"status": "ok"}
 
     @app.get("/v1/info", response_model=P.InfoResponse)
-    async def info(engine: EngineDep) -> dict:
-        return engine.info()
+    async def info(w: WorkerDep) -> dict:
+        return w.engine.info()
 
     @app.get("/v1/head-scores")
-    async def head_scores(engine: EngineDep, queue: QueueDep, budget: BudgetDep, threads: ThreadsDep) -> Response:
+    async def head_scores(w: WorkerDep) -> Response:
         """Per layer and head: induction and previous-token scores on repeated random tokens."""
-        return await compute(queue, engine.head_scores, budget, threads)
+        return await compute(w, w.engine.head_scores)
 
     @app.post("/v1/tokenize", response_model=P.TokenizeResponse, responses=ERRORS)
-    async def tokenize(body: P.TextRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
-                       threads: ThreadsDep) -> Response:
-        return await compute(queue, lambda: engine.tokenize(body.text), budget, threads, body.text)
+    async def tokenize(body: P.TextRequest, w: WorkerDep) -> Response:
+        return await compute(w, lambda: w.engine.tokenize(body.text), body.text)
 
     @app.post("/v1/analyze", response_model=P.AnalyzeResponse, responses=ERRORS)
-    async def analyze(body: P.AnalyzeRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
-                      threads: ThreadsDep) -> Response:
-        return await compute(queue, lambda: engine.analyze(body.text, body.layers, body.top_k, body.head_contributions),
-                             budget, threads, body.text)
+    async def analyze(body: P.AnalyzeRequest, w: WorkerDep) -> Response:
+        return await compute(w, lambda: w.engine.analyze(body.text, body.layers, body.top_k, body.head_contributions),
+                             body.text)
 
     @app.post("/v1/feature-trace", response_model=P.FeatureTraceResponse, responses=ERRORS)
-    async def feature_trace(body: P.FeatureRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
-                            threads: ThreadsDep) -> Response:
-        return await compute(queue, lambda: engine.feature_trace(body.text, body.layer, body.feature), budget,
-                             threads, body.text)
+    async def feature_trace(body: P.FeatureRequest, w: WorkerDep) -> Response:
+        return await compute(w, lambda: w.engine.feature_trace(body.text, body.layer, body.feature), body.text)
 
     @app.post("/v1/dfa", response_model=P.DFAResponse, responses=ERRORS)
-    async def dfa(body: P.DFARequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
-                  threads: ThreadsDep) -> Response:
-        return await compute(queue, lambda: engine.dfa(body.text, body.layer, body.feature, body.position), budget,
-                             threads, body.text)
+    async def dfa(body: P.DFARequest, w: WorkerDep) -> Response:
+        return await compute(w, lambda: w.engine.dfa(body.text, body.layer, body.feature, body.position), body.text)
 
     @app.post("/v1/steer", response_model=P.SteerResponse, responses=ERRORS)
-    async def steer(body: P.SteerRequest, engine: EngineDep, queue: QueueDep, budget: BudgetDep,
-                    threads: ThreadsDep) -> Response:
+    async def steer(body: P.SteerRequest, w: WorkerDep) -> Response:
         edits = [i.model_dump() for i in body.interventions]
-        deadline = time.monotonic() + budget
-        return await compute(queue, lambda: engine.steer(body.text, edits, body.max_new_tokens, body.temperature,
-                                                         body.seed, body.top_logprobs, deadline), budget, threads)
+        deadline = time.monotonic() + w.budget_s
+        return await compute(w, lambda: w.engine.steer(body.text, edits, body.max_new_tokens, body.temperature,
+                                                       body.seed, body.top_logprobs, deadline))
     return app
