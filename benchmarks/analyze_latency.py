@@ -15,6 +15,9 @@ conditions, since on a shared 2-core machine what ran just before a call moves i
 round_robin (one call of each way per turn, in a shuffled order), after_idle (every call after 100 ms in which
 nothing runs: a researcher's request reaching an idle machine) and back_to_back (runs of 10 calls of one way: a
 steady stream).
+
+This process builds its engine as the worker does, so the SAELens way runs with the worker's allocator settings
+(app/memory.py) too: if anything, they make the reference faster.
 """
 
 from __future__ import annotations
