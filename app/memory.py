@@ -9,7 +9,8 @@ in again. Measured on the demo model (2 threads, 128-token analysis, same runs):
 analysis without these settings (in some processes none: it depends on the allocation history), 0 with them; the
 SAE's active-count step went from 0.45 ms to 0.11 ms, the whole analysis from 5.9-8.1 ms to 5.5-5.9 ms.
 
-The cost: a process keeps up to TRIM_THRESHOLD of freed memory mapped, on top of its high-water mark.
+The cost: a process keeps up to TRIM_THRESHOLD of freed memory mapped, on top of its high-water mark. Measured:
+a demo worker's RSS after 50 analyses, 2 steering runs and head scores was 620 MB with these settings, 625 without.
 
 Python's cyclic garbage collector now and then walks every tracked object. A worker holds ~505,000 of them once
 torch, TransformerLens and the demo model are loaded: a full collection took 284-291 ms, landing on whichever
