@@ -105,7 +105,8 @@ def residual_direction(model: HookedTransformer, sae: AttnSAE, features: list[in
 def logit_effects(
     model: HookedTransformer, sae: AttnSAE, features: list[int], k: int, to_str: Callable[[list[int]], list[str]]
 ) -> list[dict[str, list[dict]]]:
-    """Per feature, the top and bottom k tokens of W_dec[f] · W_O · W_U."""
+    """Per feature, the top and bottom k tokens of W_dec[f] · W_O · W_U. Costs (n, d_vocab) for n features: callers
+    go through a large SAE in chunks of features, never a (d_sae, d_vocab) matrix."""
     with torch.inference_mode():
         effect = residual_direction(model, sae, features) @ model.W_U.to(sae.W_dec.dtype)  # (n, d_vocab)
         top, bottom = effect.topk(k, dim=-1), (-effect).topk(k, dim=-1)
@@ -121,10 +122,12 @@ def logit_effects(
 
 
 def decoder_similarity(sae: AttnSAE, features: list[int], k: int) -> list[list[dict]]:
-    """Per feature, the k features whose decoder directions are nearest by cosine (itself excluded)."""
-    W = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (d_sae, d_in)
-    cos = W[features] @ W.T  # (n, d_sae)
-    cos[torch.arange(len(features)), torch.tensor(features)] = -2.0
-    vals, idx = cos.topk(min(k, cos.shape[1] - 1), dim=-1)
+    """Per feature, the k features whose decoder directions are nearest by cosine (itself excluded). Costs
+    (n, d_sae) for n features: callers go through a large SAE in chunks of features, never a (d_sae, d_sae) matrix."""
+    norms = sae.decoder_norms.clamp_min(1e-12)  # (d_sae,)
+    idx = torch.tensor(features, device=sae.W_dec.device)
+    cos = (sae.W_dec[idx] @ sae.W_dec.T) / (norms[idx].unsqueeze(1) * norms)  # (n, d_sae)
+    cos[torch.arange(len(features)), idx] = -2.0
+    vals, top = cos.topk(min(k, cos.shape[1] - 1), dim=-1)
     return [[{"feature": f, "cosine": c} for f, c in zip(i, v, strict=True)]
-            for i, v in zip(idx.tolist(), vals.tolist(), strict=True)]
+            for i, v in zip(top.tolist(), vals.tolist(), strict=True)]

@@ -13,6 +13,7 @@ and the activation is a function of the whole pre-activation vector (TopK, gated
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from sae_lens import SAE
@@ -109,6 +110,12 @@ class AttnSAE:
         acts, _ = self.encode(x)
         values, indices = acts.topk(min(n, acts.shape[-1]), dim=-1)
         return values, indices, (acts > 0).sum(-1)
+
+    @cached_property
+    def decoder_norms(self) -> torch.Tensor:
+        """(d_sae,) ‖W_dec[f]‖: cosines between decoder rows without a normalised copy of the decoder (75 MB a
+        layer at 24,576 x 768)."""
+        return self.W_dec.norm(dim=-1)
 
     def decoder_direction(self, feature: int, heads: list[int] | None = None) -> torch.Tensor:
         """(d_in,) what one unit of this latent adds to hook_z (flattened), optionally only some heads' slices."""
