@@ -83,38 +83,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device,
                                  worker_urls=args.worker_url, queue_size=args.queue_size, threads=args.threads)
         upgrade(settings.resolved_database_url)
-        worker_app, executor = None, None
-        if not settings.worker_urls:  # the embedded default: an in-process worker, dashboards built on first run
+        engine, worker_app, executor = None, None, None
+        if not settings.worker_urls:  # the embedded default: an in-process worker, missing dashboards built behind it
             from app.worker.service import create_worker_app
 
             engine = _engine_from_settings(settings)
-            if args.dashboard_tokens > 0:
-                _ensure_dashboards(engine, settings, args.dashboard_tokens)
             executor = MainThreadExecutor()
             worker_app = create_worker_app(engine, settings.queue_size, settings.time_budget_s, executor)
         app = create_web_app(settings, worker_app)
     except ValueError as exc:  # bad settings, or a model/SAE that cannot be served (LoadError is a ValueError)
         print(f"saex serve: {exc}", file=sys.stderr)
         return 2
+    background = None
+    if engine is not None and args.dashboard_tokens > 0:
+        background = _start_dashboard_build(engine, settings, args)
     print(f"saex serve: http://{args.host}:{args.port}/", file=sys.stderr)
-    return _serve(app, executor, host=args.host, port=args.port, log_level="warning", access_log=False,
-                  proxy_headers=True)
+    try:
+        return _serve(app, executor, host=args.host, port=args.port, log_level="warning", access_log=False,
+                      proxy_headers=True)
+    finally:
+        if background is not None:
+            background.stop()
+
+
+def _start_dashboard_build(engine, settings, args: argparse.Namespace):
+    """Start building whatever dashboards are missing (nothing, once they exist) over the held-out corpus, in a
+    child process that records its progress in the store while the server answers; returns its BackgroundBuild."""
+    from app.jobs.background import BackgroundBuild, build_command
+    from app.jobs.dashboards import register
+    from app.store.build_runs import start_run
+    from app.store.db import make_engine, make_sessionmaker, transaction
+
+    factory = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with transaction(factory) as session:
+        register(session, engine, settings.model_slug)  # feature pages can say "not built yet" from the start
+        run_id = start_run(session, model_slug=settings.model_slug).id
+    argv = build_command(run_id, tokens=args.dashboard_tokens, model_slug=settings.model_slug, model=args.model,
+                         saes=args.sae, config=args.config, device=args.device)
+    return BackgroundBuild(factory, run_id, argv)
 
 
 def _ensure_dashboards(engine, settings, tokens: int) -> None:
-    """Build whatever dashboards are missing (nothing, once they exist) over the held-out corpus."""
+    """Build whatever dashboards are missing, in the foreground: for the benchmarks and tests that need them built
+    before they serve (`saex serve` builds them in the background, see _start_dashboard_build)."""
     from app.jobs.corpus import load_corpus
     from app.jobs.dashboards import BuildParams, build
     from app.store.db import make_engine, make_sessionmaker
 
     corpus, name = load_corpus(engine, "stdlib", tokens)
     db = make_engine(settings.resolved_database_url)
-    summary = build(engine, make_sessionmaker(db), corpus, BuildParams(corpus=name, tokens=int(corpus.numel())),
-                    model_slug=settings.model_slug, work_dir=settings.data_dir / "builds")
+    build(engine, make_sessionmaker(db), corpus, BuildParams(corpus=name, tokens=int(corpus.numel())),
+          model_slug=settings.model_slug, work_dir=settings.data_dir / "builds")
     db.dispose()
-    if summary["features_written"]:
-        print(f"saex serve: built {summary['features_written']} feature dashboards in {summary['seconds']:.0f} s",
-              file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -140,23 +160,38 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
+    import os
+
     from app.engine.loading import LoadError
     from app.jobs.corpus import load_corpus
     from app.jobs.dashboards import BuildParams, build
+    from app.jobs.progress import RunRecorder
     from app.store.db import make_engine, make_sessionmaker, upgrade
 
+    if args.nice:
+        os.nice(args.nice)
     try:
-        settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device)
-        engine = _engine_from_settings(settings)
-        corpus, name = load_corpus(engine, args.corpus, args.tokens)
-    except (LoadError, ValueError, OSError) as exc:
+        settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device,
+                                 threads=args.threads)
+    except ValueError as exc:
         print(f"saex dashboards: {exc}", file=sys.stderr)
         return 2
     url = settings.resolved_database_url
     upgrade(url)
-    layers = args.layers or None
-    if layers and (bad := [x for x in layers if x not in engine.saes]):
-        print(f"saex dashboards: no SAE on layers {bad}; layers with SAEs: {sorted(engine.saes)}", file=sys.stderr)
+    db = make_engine(url)
+    factory = make_sessionmaker(db)
+    # a run that `saex serve` started records everything, load errors too; one of our own starts with the build
+    run = RunRecorder(factory, args.run_id, parent_pid=args.parent_pid) if args.run_id is not None else None
+    try:
+        engine = _engine_from_settings(settings)
+        corpus, name = load_corpus(engine, args.corpus, args.tokens)
+        layers = args.layers or None
+        if layers and (bad := [x for x in layers if x not in engine.saes]):
+            raise ValueError(f"no SAE on layers {bad}; layers with SAEs: {sorted(engine.saes)}")
+    except (LoadError, ValueError, OSError) as exc:
+        if run is not None:
+            run.fail(str(exc))
+        print(f"saex dashboards: {exc}", file=sys.stderr)
         return 2
     pass_fn = None
     if args.ray_address or args.ray:
@@ -164,10 +199,15 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
         pass_fn = ray_pass(settings, address=args.ray_address or "auto", shards=args.shards)
     params = BuildParams(corpus=name, tokens=int(corpus.numel()))
-    db = make_engine(url)
-    summary = build(engine, make_sessionmaker(db), corpus, params, model_slug=args.model_slug, layers=layers,
-                    batch_size=args.batch_size, work_dir=settings.data_dir / "builds", pass_fn=pass_fn,
-                    checkpoint_seconds=args.checkpoint_seconds)
+    run = run or RunRecorder.start(factory, model_slug=args.model_slug)
+    try:
+        summary = build(engine, factory, corpus, params, model_slug=args.model_slug, layers=layers,
+                        batch_size=args.batch_size, work_dir=settings.data_dir / "builds", pass_fn=pass_fn,
+                        checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet, on_progress=run)
+    except BaseException as exc:  # the page says why; the traceback goes to the log
+        run.fail(exc)
+        raise
+    run.finish(summary)
     db.dispose()
     print(json.dumps(summary))
     return 0
@@ -230,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, help="torch threads of the in-process worker")
     v.add_argument("--queue-size", type=int)
     v.add_argument("--dashboard-tokens", type=int, default=131_072,
-                   help="corpus tokens for dashboards built on first run (0: build none)")
+                   help="corpus tokens for the dashboards that the in-process default builds in the background while "
+                   "it serves, when some are missing (0: build none)")
     v.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("eval", help="reconstruction metrics of each SAE on the dashboard corpus")
@@ -258,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shards", type=int, default=4)
     b.add_argument("--checkpoint-seconds", type=float, default=60.0,
                    help="save the pass's state this often, so that a killed build resumes (default 60)")
+    b.add_argument("--threads", type=int, help="torch threads")
+    b.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much")
+    b.add_argument("--quiet", action="store_true", help="no progress bars (progress is recorded in the store)")
+    b.add_argument("--run-id", type=int, help=argparse.SUPPRESS)  # the dashboard run `saex serve` started for it
+    b.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # stop once this process (saex serve) is gone
     b.set_defaults(func=cmd_dashboards)
 
     k = sub.add_parser("keys", help="API keys for writes")

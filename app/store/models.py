@@ -1,5 +1,6 @@
 """SQLAlchemy 2 models of the store: models and their SAEs, a shared token table, feature dashboards and their
-examples, explanations, saved results (permalinks), API keys and dashboard builds; knows nothing of torch or HTTP.
+examples, explanations, saved results (permalinks), API keys, dashboard builds and their runs; knows nothing of
+torch or HTTP.
 
 Examples keep token ids and per-token numbers as packed little-endian arrays (int32 ids, float16 values): a
 feature's 70 examples fit in a few KB, and the token text comes from the shared `tokens` table.
@@ -95,6 +96,28 @@ class DashboardBuild(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class BuildRun(Base):
+    """One run of the dashboard build job over all its layers (`saex dashboards build`, or the build that `saex
+    serve` starts in the background): what it is doing now, for the web app's progress fragment. It exists from the
+    run's start, because a DashboardBuild row per layer begins only when that layer's writing does, after the
+    corpus pass (most of a build's time) and after any failure to load."""
+
+    __tablename__ = "dashboard_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_slug: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # running, done, failed
+    phase: Mapped[str] = mapped_column(String(16))  # starting, pass, writing, done
+    layer: Mapped[int | None]  # the layer being written; None in the pass, which covers every layer at once
+    done: Mapped[int] = mapped_column(BigInteger, default=0)  # the pass's tokens, or the layer's features written
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    features_written: Mapped[int] = mapped_column(default=0)  # by the whole run, once it is done
+    error: Mapped[str | None] = mapped_column(Text)  # why it failed
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # its last report
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class FeatureRecord(Base):
     __tablename__ = "features"
     __table_args__ = (UniqueConstraint("sae_id", "index"),)
@@ -181,5 +204,5 @@ class APIKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-__all__ = ["Base", "ModelRecord", "SAERecord", "TokenRecord", "DashboardBuild", "FeatureRecord", "ExampleRecord",
-           "ExplanationRecord", "SavedResult", "APIKey"]
+__all__ = ["Base", "ModelRecord", "SAERecord", "TokenRecord", "DashboardBuild", "BuildRun", "FeatureRecord",
+           "ExampleRecord", "ExplanationRecord", "SavedResult", "APIKey"]

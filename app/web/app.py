@@ -19,7 +19,7 @@ from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
 from app.web.auth import CookieSigner, install_sessions, session_secret, sign_in_gate
 from app.web.deps import DATABASE_DOWN
-from app.web.pages import account, discover, explorer, feature_pages, steering
+from app.web.pages import account, builds, discover, explorer, feature_pages, steering
 from app.web.pages.render import FRONTEND, render
 from app.web.ratelimit import TokenBuckets
 from app.web.services import NotFound
@@ -112,6 +112,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.include_router(account.router)
     app.include_router(explorer.router)
     app.include_router(steering.router)  # before feature pages: /{model}/steer is not /{model}/{sae}/{feature}
+    app.include_router(builds.router)
     app.include_router(discover.router)
     app.include_router(feature_pages.router)
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.store import explanations
+from app.store.build_runs import as_utc, latest_run, run_seconds
 from app.store.dashboards import explanation_body, find_sae, read_dashboard
-from app.store.models import SAERecord
+from app.store.models import SAERecord, utcnow
+
+STALLED_S = 600  # a running build that has reported nothing for this long has died without saying so (killed)
 
 
 class NotFound(LookupError):
@@ -35,9 +38,36 @@ def feature_dashboard(session: Session, *, model_slug: str, sae_id: str, feature
     check_feature(sae, feature)
     body = read_dashboard(session, sae=sae, feature=feature)
     if body is None:
-        raise NotFound(f"no dashboard was built for feature {feature} of SAE {sae.slug}: run "
+        build = build_status(session, model_slug=model_slug)
+        if build is not None and build["state"] == "running":
+            raise NotFound(f"the dashboard of feature {feature} of SAE {sae.slug} is not built yet: a dashboard build "
+                           f"is running ({build['summary']}); see /{model_slug}/build")
+        failed = f"the last dashboard build failed ({build['error']}); " if build and build["state"] == "failed" else ""
+        raise NotFound(f"no dashboard was built for feature {feature} of SAE {sae.slug}: {failed}run "
                        f"`saex dashboards build --layers {sae.layer}`")
     return body
+
+
+def build_status(session: Session, *, model_slug: str) -> dict | None:
+    """The latest dashboard build of this model as pages show it, or None if none ever ran. state: running, done,
+    failed, or stalled (running, but silent for STALLED_S: its process was killed)."""
+    run = latest_run(session, model_slug=model_slug)
+    if run is None:
+        return None
+    idle = (utcnow() - as_utc(run.updated_at)).total_seconds()
+    state = run.status
+    if state == "running" and idle > STALLED_S:
+        state = "stalled"
+    percent = round(100 * run.done / run.total) if run.total else 0
+    if run.phase == "pass":
+        summary = f"corpus pass, {run.done:,} of {run.total:,} tokens, {percent}%"
+    elif run.phase == "writing":
+        summary = f"writing layer {run.layer}, {run.done:,} of {run.total:,} features"
+    else:
+        summary = "loading the model and the corpus"
+    return {"id": run.id, "state": state, "phase": run.phase, "layer": run.layer, "done": run.done,
+            "total": run.total, "percent": percent, "summary": summary, "features_written": run.features_written,
+            "error": run.error, "seconds": run_seconds(run), "idle_seconds": idle}
 
 
 def add_explanation(session: Session, *, model_slug: str, sae_id: str, feature: int, text: str, author: str,

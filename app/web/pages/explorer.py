@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from app.protocol import MAX_TEXT_CHARS
 from app.store import explanations, results
 from app.store.dashboards import find_sae
-from app.web import figures
+from app.web import figures, services
 from app.web.api.model_routes import WorkerDep
 from app.web.auth import CallerDep, csrf_protect
 from app.web.deps import SessionDep, SettingsDep
@@ -30,7 +30,8 @@ def state_url(base: str = "/", **state) -> str:
 async def explore(worker: WorkerClient, session, model_slug: str, text: str, layer: int | None,
                   feature: int | None, pos: int | None) -> dict:
     """Everything the explorer shows for this state; worker problems become a message, never a broken page."""
-    ctx: dict = {"text": text, "layer": layer, "feature": feature, "pos": pos, "error": None, "analysis": None}
+    ctx: dict = {"text": text, "layer": layer, "feature": feature, "pos": pos, "error": None, "analysis": None,
+                 "build": services.build_status(session, model_slug=model_slug)}
     if not text:
         return ctx
     try:

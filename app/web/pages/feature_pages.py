@@ -44,7 +44,8 @@ def feature_context(session: Session, model_slug: str, sae_id: str, feature: int
         d = services.feature_dashboard(session, model_slug=model_slug, sae_id=sae_id, feature=feature)
     except services.NotFound as exc:
         return {**ctx, "dashboard": None, "missing": str(exc), "explanations": services.list_explanations(
-            session, model_slug=model_slug, sae_id=sae_id, feature=feature)}
+            session, model_slug=model_slug, sae_id=sae_id, feature=feature),
+            "build": services.build_status(session, model_slug=model_slug)}
     peak = d["max_activation"] or 1.0
     for ex in d["top_examples"] + d["interval_examples"]:
         ex["spans"] = example_spans(ex, peak)

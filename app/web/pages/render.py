@@ -34,7 +34,18 @@ def heat(value: float, peak: float) -> str:
     return f"rgba(47,111,222,{a:.3f})" if value > 0 else f"rgba(209,73,91,{a:.3f})"
 
 
+def duration(seconds: float) -> str:
+    """Seconds as people say them: 42 s, 3 min 5 s, 2 h 10 min."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s" if s % 60 else f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
 templates.env.filters["tok"] = show_token
+templates.env.filters["duration"] = duration
 templates.env.filters["figure"] = figure_json
 templates.env.globals["heat"] = heat
 

@@ -1,0 +1,26 @@
+"""The dashboard build's page (/{model}/build): the latest build's progress, or why it failed. Pages that lack
+dashboards while one runs embed its status, which polls this URL (as a fragment) until the build has ended."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from app.web import services
+from app.web.deps import SessionDep, SettingsDep
+from app.web.pages.render import render
+
+router = APIRouter(include_in_schema=False)
+# where the status links once the build is done (the page that embeds it): a path on this site, never another's
+ReturnTo = Annotated[str, Query(max_length=2000, pattern=r"^/([^/\\\s]\S*)?$")]
+
+
+@router.get("/{model}/build", response_class=HTMLResponse)
+def build_page(request: Request, model: str, session: SessionDep, settings: SettingsDep,
+               return_to: ReturnTo = "") -> Response:
+    if model != settings.model_slug:
+        raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    return render(request, "build.html", {"model_slug": model, "return_to": return_to,
+                                          "build": services.build_status(session, model_slug=model)})
