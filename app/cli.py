@@ -203,6 +203,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     try:
         summary = build(engine, factory, corpus, params, model_slug=args.model_slug, layers=layers,
                         batch_size=args.batch_size, work_dir=settings.data_dir / "builds", pass_fn=pass_fn,
+                        stats_memory_bytes=int(args.stats_memory_gb * 2**30),
                         checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet, on_progress=run)
     except BaseException as exc:  # the page says why; the traceback goes to the log
         run.fail(exc)
@@ -292,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "a .npy array of token ids")
     b.add_argument("--layers", type=int, nargs="*", help="layers to build (default: all)")
     b.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    b.add_argument("--stats-memory-gb", type=float, default=4.0,
+                   help="memory for the statistics of the layers sharing one corpus pass; layers beyond it take "
+                   "further passes (GPT-2 Small's 24,576-feature SAEs: 0.5 GB a layer)")
     b.add_argument("--model-slug", default="demo", help="the model's name in URLs")
     b.add_argument("--device", choices=["cpu", "cuda"])
     b.add_argument("--ray", action="store_true", help="run corpus shards as tasks on the Ray cluster ('auto')")
