@@ -35,17 +35,26 @@ def merge_bins(hist: torch.Tensor, doublings: int) -> torch.Tensor:
 
 def reservoir_shift(res: ExampleSlots, features: torch.Tensor, doublings: int) -> None:
     """Merge the reservoirs of these features as their bins merge by 2**doublings: per new bin, the SLOTS_PER_BIN
-    smallest keys. Only these features' rows are rewritten, in place."""
+    smallest keys. Only the rows of features that hold an example are rewritten, in place (early in a pass many
+    features rescale at each batch, most with nothing kept yet)."""
+    features = features[(res.position[features] >= 0).any(1)]
     n = features.numel()
+    if n == 0:
+        return
     group = min(1 << doublings, HISTOGRAM_BINS)
-    keys = res.key[features].view(n, HISTOGRAM_BINS // group, group * SLOTS_PER_BIN)
+    new_bins = HISTOGRAM_BINS // group
+    keys = res.key[features].view(n, new_bins, group * SLOTS_PER_BIN)
     keep = keys.argsort(dim=2)[..., :SLOTS_PER_BIN]  # (n, new bins, slots), index within the group's slots
-    base = (torch.arange(HISTOGRAM_BINS // group) * group * SLOTS_PER_BIN).view(1, -1, 1)
-    chosen = res.rows(features).take((keep + base).view(n, -1))
-    pad = ExampleSlots.empty(n, (HISTOGRAM_BINS - HISTOGRAM_BINS // group) * SLOTS_PER_BIN,
-                             res.dfa_heads.shape[-1], 0.0)
-    for dst, src in zip(res.fields(), ExampleSlots.cat(chosen, pad).fields(), strict=True):
-        dst[features] = src
+    base = (torch.arange(new_bins) * group * SLOTS_PER_BIN).view(1, -1, 1)
+    index = (keep + base).view(n, -1)  # (n, new_bins·slots): the kept slots, moved to the front
+    kept = new_bins * SLOTS_PER_BIN
+    empty = ExampleSlots.empty(1, 1, res.dfa_heads.shape[-1], 0.0)
+    for field, blank in zip(res.fields(), empty.fields(), strict=True):
+        rows = field[features]  # (n, slots, ...)
+        j = index.view(n, kept, *([1] * (rows.dim() - 2))).expand(n, kept, *rows.shape[2:])
+        rows[:, :kept] = rows.gather(1, j)
+        rows[:, kept:] = blank[0, 0]
+        field[features] = rows
 
 
 def histograms(hist: torch.Tensor, log2_scale: torch.Tensor) -> list[dict]:

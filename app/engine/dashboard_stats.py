@@ -69,11 +69,17 @@ class BatchActs:
 
     def at(self, rows: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """The activation of feature feats[...] at token rows[...] (any shape, the same for both)."""
-        if self.indices is None:
+        if self.dense is not None:  # the other architectures, or a TopK batch that needed it already
             return self.dense[rows, feats]
-        # TopK: look each feature up among its row's k indices, in pieces (no (N, d_sae) matrix: 100 MB a batch
-        # at GPT-2 size, nor an (n, k) one for the tens of thousands of examples the first batches admit)
+        # TopK: a dense (N, d_sae) matrix (100 MB a batch at GPT-2 size) only when there are many lookups; else
+        # look each feature up among its row's k indices, in pieces
         flat_rows, flat_feats = rows.reshape(-1), feats.reshape(-1)
+        k = self.indices.shape[1]
+        if len(flat_rows) * k > self.indices.shape[0] * self.d_sae // 4:
+            if self.dense is None:
+                self.dense = self.values.new_zeros(len(self.values), self.d_sae).scatter_(1, self.indices,
+                                                                                          self.values)
+            return self.dense[rows, feats]
         out = torch.empty(flat_rows.shape, dtype=self.values.dtype)
         for lo in range(0, len(flat_rows), 65536):
             r, f = flat_rows[lo : lo + 65536], flat_feats[lo : lo + 65536]
