@@ -272,25 +272,15 @@ class Engine:
 
     # --- metrics ----------------------------------------------------------------------------------------------
 
-    def head_scores(self, seq_len: int = 50, batch: int = 8, seed: int = 0) -> dict:
-        """Per layer and head: induction score (attention from the second copy of a repeated random sequence to
-        the token after the first occurrence) and previous-token score (attention to the token before), on the
-        same random sequences. Computed once per engine."""
+    def head_scores(self) -> dict:
+        """Per layer and head: induction and previous-token scores, as app/engine/head_scores.py defines them
+        (the numbers `saex eval` reports too). Computed once per engine."""
         if getattr(self, "_head_scores", None) is None:
-            model = self.model
-            n = min(seq_len, (model.cfg.n_ctx - 1) // 2)
-            g = torch.Generator().manual_seed(seed)
-            rand = torch.randint(0, model.cfg.d_vocab, (batch, n), generator=g)
-            bos = torch.full((batch, 1), model.tokenizer.bos_token_id if model.tokenizer else 0)
-            ids = torch.cat([bos, rand, rand], 1).to(self.device)
-            names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
-            patterns = F.capture(model, ids, names)
-            induction, previous = [], []
-            for name in names:
-                p = patterns[name]  # (B, head, q, k)
-                induction.append(p.diagonal(offset=-(n - 1), dim1=-2, dim2=-1)[..., 1:].mean((0, -1)).tolist())
-                previous.append(p.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:].mean((0, -1)).tolist())
-            self._head_scores = {"induction": induction, "previous_token": previous}
+            from app.engine.head_scores import head_scores
+
+            scores = head_scores(self.model)
+            self._head_scores = {"induction": scores.induction.tolist(),
+                                 "previous_token": scores.previous_token.tolist()}
         return self._head_scores
 
     def reconstruction(self, ids: torch.Tensor) -> list[dict]:

@@ -10,22 +10,14 @@ import torch
 
 from app.engine.engine import Engine
 from app.training.corpus import DOC_SEPARATOR, dashboard_documents
+from app.training.tokenizer import pack_documents
 
 
 def pack(engine: Engine, documents, n_tokens: int) -> torch.Tensor:
-    model = engine.model
-    T, bos = model.cfg.n_ctx, model.tokenizer.bos_token_id
-    rows = max(1, n_tokens // T)
-    stream: list[int] = []
-    for doc in documents:
-        stream += model.tokenizer.encode(doc, add_special_tokens=False) + [bos]
-        if len(stream) >= rows * (T - 1):
-            break
-    rows = min(rows, len(stream) // (T - 1))
-    if rows == 0:
-        raise ValueError("the corpus is shorter than one context window")
-    body = torch.tensor(stream[: rows * (T - 1)]).view(rows, T - 1)
-    return torch.cat([torch.full((rows, 1), bos), body], dim=1)
+    """(rows, n_ctx) token ids of the documents, in order, with the engine's tokenizer; each row starts with BOS."""
+    tok = engine.model.tokenizer
+    return pack_documents(documents, lambda doc: tok.encode(doc, add_special_tokens=False), tok.bos_token_id,
+                          engine.model.cfg.n_ctx, n_tokens)
 
 
 def load_corpus(engine: Engine, spec: str, n_tokens: int) -> tuple[torch.Tensor, str]:

@@ -1,5 +1,6 @@
 """Trains the demo language model, nanoGPT-style, as a TransformerLens HookedTransformer, and writes it as a
-model folder (`config.json`, `model.safetensors`, `tokenizer.json`); knows nothing of SAEs or the app.
+model folder (`config.json`, `model.safetensors`, `tokenizer.json`); knows nothing of SAEs or the app beyond the
+engine's head scores.
 
 Plain text alone forms no induction heads in the few million tokens that two CPU cores can train on, so half of
 each batch holds a real text span repeated to the end of the sequence (documents and passages recur in real
@@ -18,6 +19,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from app.engine.head_scores import head_scores
 
 
 @dataclass
@@ -92,36 +95,6 @@ def split_tokens(tokens: np.ndarray, block: int = 65536, every: int = 50) -> tup
 
 
 @torch.no_grad()
-def induction_scores(model: HookedTransformer, bos: int, seq_len: int = 50, batch: int = 16, seed: int = 1):
-    """Per (layer, head): attention from each second-half token to the token after its first occurrence
-    (TransformerLens's induction score), and the loss on the first and second half of the repeat."""
-    seq_len = min(seq_len, (model.cfg.n_ctx - 1) // 2)
-    g = torch.Generator().manual_seed(seed)
-    rand = torch.randint(100, model.cfg.d_vocab, (batch, seq_len), generator=g)
-    tokens = torch.cat([torch.full((batch, 1), bos), rand, rand], dim=1)  # (B, 1 + 2*seq_len)
-    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
-    scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    for layer in range(model.cfg.n_layers):
-        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # (B, head, q, k)
-        stripe = pattern.diagonal(offset=-(seq_len - 1), dim1=-2, dim2=-1)  # (B, head, seq_len+1)
-        scores[layer] = stripe[..., 1:].mean(dim=(0, -1))
-    logprobs = logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # (B, 2*seq_len)
-    first, second = -logprobs[:, : seq_len - 1].mean(), -logprobs[:, seq_len:].mean()
-    return scores, float(first), float(second)
-
-
-@torch.no_grad()
-def previous_token_scores(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tensor:
-    """Per (layer, head): mean attention from each token to the one just before it, on real text."""
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
-    scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    for layer in range(model.cfg.n_layers):
-        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # (B, head, q, k)
-        scores[layer] = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:].mean(dim=(0, -1))
-    return scores
-
-
-@torch.no_grad()
 def validation_loss(model: HookedTransformer, val: np.ndarray, cfg: ModelTrainConfig, bos: int) -> float:
     plain = Batches(val, ModelTrainConfig(**{**asdict(cfg), "repeat_fraction": 0.0}), bos, seed=1234)
     return float(np.mean([model(plain(), return_type="loss").item() for _ in range(cfg.eval_batches)]))
@@ -193,11 +166,11 @@ def train_model(cfg: ModelTrainConfig, tokens_path: Path, tokenizer_path: Path, 
         bar.update()
         if step % cfg.eval_every == 0 or step == total_steps:
             model.eval()
-            ind, first, second = induction_scores(model, bos)
-            prev = previous_token_scores(model, Batches(val, cfg, bos, seed=99)()[:, :64])
+            heads = head_scores(model, bos)
             row = {"step": step, "tokens": step * cfg.batch_size * cfg.n_ctx, "train_loss": loss.item(),
-                   "val_loss": validation_loss(model, val, cfg, bos), "induction_max": ind.max().item(),
-                   "prev_token_max": prev.max().item(), "repeat_first_half": first, "repeat_second_half": second}
+                   "val_loss": validation_loss(model, val, cfg, bos), "induction_max": heads.induction.max().item(),
+                   "prev_token_max": heads.previous_token.max().item(),
+                   "repeat_first_half": heads.first_half_loss, "repeat_second_half": heads.second_half_loss}
             model.train()
             history.append(row)
             tqdm.write(json.dumps(row))
@@ -207,10 +180,10 @@ def train_model(cfg: ModelTrainConfig, tokens_path: Path, tokenizer_path: Path, 
     bar.close()
     model.eval()
     save_model_folder(model, tokenizer_path, out)
-    ind, first, second = induction_scores(model, bos)
-    prev = previous_token_scores(model, Batches(val, cfg, bos, seed=99)()[:, :64])
+    heads = head_scores(model, bos)
     report = {"history": history, "val_loss": validation_loss(model, val, cfg, bos),
-              "induction_scores": ind.tolist(), "previous_token_scores": prev.tolist(),
-              "repeat_first_half_loss": first, "repeat_second_half_loss": second, "config": asdict(cfg)}
+              "induction_scores": heads.induction.tolist(), "previous_token_scores": heads.previous_token.tolist(),
+              "repeat_first_half_loss": heads.first_half_loss, "repeat_second_half_loss": heads.second_half_loss,
+              "config": asdict(cfg)}
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     return report

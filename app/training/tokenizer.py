@@ -1,5 +1,5 @@
-"""Trains the demo model's byte-level BPE tokenizer and turns a corpus folder into a token file; knows
-nothing of models.
+"""Trains the demo model's byte-level BPE tokenizer, turns a corpus folder into a token file and documents into
+context-window rows; knows nothing of models.
 
 The tokenizer is one `tokenizer.json` (Hugging Face `tokenizers` format) with `<|endoftext|>` as token 0, used
 as BOS, EOS and document separator, as in GPT-2.
@@ -7,10 +7,11 @@ as BOS, EOS and document separator, as in GPT-2.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from app.training.corpus import corpus_documents
@@ -43,6 +44,23 @@ def encode_corpus(tok: Tokenizer, corpus_dir: Path, out_path: Path, batch: int =
     tokens = np.concatenate(parts)
     np.save(out_path, tokens)
     return int(tokens.size)
+
+
+def pack_documents(documents: Iterable[str], encode: Callable[[str], list[int]], bos: int, n_ctx: int,
+                   n_tokens: int) -> torch.Tensor:
+    """(rows, n_ctx) token ids, about n_tokens of them: the documents in order, each followed by BOS as separator,
+    cut into rows of n_ctx - 1 that each start with BOS. Fewer rows when the documents run out."""
+    rows = max(1, n_tokens // n_ctx)
+    stream: list[int] = []
+    for doc in documents:
+        stream += encode(doc) + [bos]
+        if len(stream) >= rows * (n_ctx - 1):
+            break
+    rows = min(rows, len(stream) // (n_ctx - 1))
+    if rows == 0:
+        raise ValueError("the corpus is shorter than one context window")
+    body = torch.tensor(stream[: rows * (n_ctx - 1)]).view(rows, n_ctx - 1)  # (rows, n_ctx - 1)
+    return torch.cat([torch.full((rows, 1), bos), body], dim=1)  # (rows, n_ctx)
 
 
 PERMISSIVE = {"python_doc": "PSF-2.0", "python_stdlib": "PSF-2.0", "sqlite_doc": "public domain",

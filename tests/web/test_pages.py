@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.engine.engine import Engine
+from app.engine.head_scores import head_scores
 from app.engine.loading import attach_saes, load_model
 from app.jobs import dashboards as job
 from app.store import keys
@@ -137,10 +138,15 @@ def test_search_pages(site):
     assert re.search(r"/demo/L[01]/\d+", page.text)
 
 
-def test_head_page(site):
+def test_head_page(site, tiny_model_dir):
     c, _ = site
     page = c.get("/demo/heads/1/2")
     assert page.status_code == 200 and "induction score" in page.text and "previous-token score" in page.text
+    # the numbers are app/engine/head_scores.py's, the function `saex eval` reports (tests/engine/test_head_scores.py)
+    scores = head_scores(load_model(str(tiny_model_dir)))
+    shown = dict(re.findall(r"<span>(induction|previous-token) score</span>([-\d.]+)", page.text))
+    assert shown == {"induction": f"{scores.induction[1, 2].item():.3f}",
+                     "previous-token": f"{scores.previous_token[1, 2].item():.3f}"}
     assert re.search(r'href="/demo/L1/\d+"', page.text)
     assert c.get("/demo/heads/1/9").status_code == 404
 
