@@ -21,6 +21,7 @@ from tqdm import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from app.engine.head_scores import head_scores
+from app.training.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -122,7 +123,7 @@ def save_model_folder(model: HookedTransformer, tokenizer_path: Path, out: Path)
 
 
 def train_model(cfg: ModelTrainConfig, tokens_path: Path, tokenizer_path: Path, run_dir: Path, out: Path) -> dict:
-    """Train (resuming from run_dir/ckpt.pt if present), then write the model folder to `out`."""
+    """Train (resuming from run_dir's checkpoint if there is one), then write the model folder to `out`."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,17 +139,19 @@ def train_model(cfg: ModelTrainConfig, tokens_path: Path, tokenizer_path: Path, 
     )
     total_steps = cfg.max_tokens // (cfg.batch_size * cfg.n_ctx)
     step, history = 0, []
-    ckpt_path = run_dir / "ckpt.pt"
-    if ckpt_path.exists():  # resume: the checkpoint carries the arguments that rebuilt it
-        ckpt = torch.load(ckpt_path, weights_only=False)
+    batches = Batches(train, cfg, bos, seed=cfg.seed)
+    ckpt = load_checkpoint(run_dir)
+    if ckpt is not None:  # resume: the checkpoint carries the arguments that rebuilt it
         schedule = ("max_tokens", "decay_fraction", "eval_every", "threads")  # may change on resume: how long to go
-        if {k: v for k, v in ckpt["config"].items() if k not in schedule} != {
+        if {k: v for k, v in ckpt.config.items() if k not in schedule} != {
                 k: v for k, v in asdict(cfg).items() if k not in schedule}:
-            raise ValueError(f"{ckpt_path} was written with another config; delete it or pass the same arguments")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step, history = ckpt["step"], ckpt["history"]
-    batches = Batches(train, cfg, bos, seed=cfg.seed + step)
+            raise ValueError(f"{run_dir} holds a checkpoint written with another config; delete it or pass the "
+                             "same arguments")
+        model.load_state_dict(ckpt.model)
+        opt.load_state_dict(ckpt.optimizer)
+        step, history = ckpt.step, ckpt.history
+        batches.rng.bit_generator.state = ckpt.numpy_rng  # the batches an uninterrupted run would draw next
+        torch.set_rng_state(ckpt.torch_rng)
     bar = tqdm(total=total_steps, initial=step, desc="train model", unit="step")
     t0 = time.time()
     while step < total_steps:
@@ -174,9 +177,9 @@ def train_model(cfg: ModelTrainConfig, tokens_path: Path, tokenizer_path: Path, 
             model.train()
             history.append(row)
             tqdm.write(json.dumps(row))
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "history": history, "config": asdict(cfg)}, ckpt_path.with_suffix(".tmp"))
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
+            save_checkpoint(run_dir, Checkpoint(
+                step=step, history=history, config=asdict(cfg), model=model.state_dict(), optimizer=opt.state_dict(),
+                numpy_rng=batches.rng.bit_generator.state, torch_rng=torch.get_rng_state()))
     bar.close()
     model.eval()
     save_model_folder(model, tokenizer_path, out)

@@ -20,7 +20,7 @@ def test_train_pipeline_smoke(tmp_path, capsys):
     assert main(["train", "model", "--smoke", "--tokens", str(build / "tokens.npy"), "--tokenizer",
                  str(build / "tokenizer.json"), "--run-dir", str(tmp_path / "run"), "--out", str(model_dir)]) == 0
     assert {p.name for p in model_dir.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
-    assert (tmp_path / "run" / "ckpt.pt").exists()
+    assert (tmp_path / "run" / "ckpt.json").exists() and list((tmp_path / "run").glob("ckpt-*.safetensors"))
     # a second run resumes from the checkpoint: nothing left to train, same weights written again
     before = (model_dir / "model.safetensors").read_bytes()
     assert main(["train", "model", "--smoke", "--tokens", str(build / "tokens.npy"), "--tokenizer",
