@@ -1,0 +1,146 @@
+"""The Plotly figures are pure functions of the numbers the pages already hold: the tests read the figure dicts
+(traces, their data, axis titles, colours, sizes), including empty inputs and a single token."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.web.figures import (
+    LAYOUT,
+    NEGATIVE,
+    POSITIVE,
+    activation_histogram,
+    dfa_heatmap,
+    head_bars,
+    logit_effects,
+)
+
+
+def only_trace(fig: dict) -> dict:
+    assert set(fig) == {"data", "layout"} and len(fig["data"]) == 1
+    json.dumps(fig, allow_nan=False)  # handed to Plotly.newPlot as JSON
+    return fig["data"][0]
+
+
+# --- activation histogram --------------------------------------------------------------------------------------
+
+
+def test_histogram_bars_sit_on_bin_centres_with_bin_widths():
+    fig = activation_histogram({"bin_edges": [0.0, 1.0, 2.0, 4.0], "counts": [5, 3, 1]})
+    bar = only_trace(fig)
+    assert bar["type"] == "bar"
+    assert bar["x"] == [0.5, 1.5, 3.0] and bar["width"] == [1.0, 1.0, 2.0] and bar["y"] == [5, 3, 1]
+    assert bar["marker"]["color"] == POSITIVE
+    layout = fig["layout"]
+    assert layout["title"]["text"] == "Activation histogram (nonzero)"
+    assert layout["xaxis"]["title"]["text"] == "activation" and layout["yaxis"]["title"]["text"] == "tokens"
+    assert layout["bargap"] == 0 and layout["height"] == LAYOUT["height"]
+
+
+def test_histogram_with_one_bin_and_a_title():
+    fig = activation_histogram({"bin_edges": [0.5, 2.5], "counts": [7]}, title="Layer 1")
+    bar = only_trace(fig)
+    assert (bar["x"], bar["width"], bar["y"]) == ([1.5], [2.0], [7])
+    assert fig["layout"]["title"]["text"] == "Layer 1"
+
+
+@pytest.mark.parametrize("histogram", [{}, {"bin_edges": [], "counts": []}, {"bin_edges": [1.0], "counts": []}])
+def test_empty_histogram_is_an_empty_bar_trace_with_its_axes(histogram):
+    fig = activation_histogram(histogram)
+    bar = only_trace(fig)
+    assert bar["x"] == [] and bar["y"] == [] and bar["width"] == []
+    assert fig["layout"]["xaxis"]["title"]["text"] == "activation"
+
+
+# --- logit effects ---------------------------------------------------------------------------------------------
+
+
+def test_logit_effects_sorted_with_the_most_positive_on_top():
+    fig = logit_effects({"top": [{"token": " the", "value": 2.0}, {"token": "x", "value": 1.0}],
+                         "bottom": [{"token": "\n", "value": -3.0}, {"token": "", "value": -0.5}]})
+    bar = only_trace(fig)
+    assert bar["type"] == "bar" and bar["orientation"] == "h"
+    assert bar["x"] == [-3.0, -0.5, 1.0, 2.0]  # Plotly draws the first category at the bottom
+    assert bar["y"] == ["\\n", "␣", "x", " the"]  # control characters escaped, the empty token made visible
+    assert bar["marker"]["color"] == [NEGATIVE, NEGATIVE, POSITIVE, POSITIVE]
+    layout = fig["layout"]
+    assert layout["title"]["text"] == "Logit effect (W_dec·W_O·W_U)"
+    assert layout["yaxis"]["type"] == "category" and layout["height"] == 240
+
+
+def test_logit_effects_grow_with_their_rows_and_a_zero_is_positive():
+    rows = [{"token": f"t{i}", "value": float(i)} for i in range(20)]
+    fig = logit_effects({"top": rows, "bottom": []})
+    bar = only_trace(fig)
+    assert fig["layout"]["height"] == 16 * 20 + 60
+    assert bar["marker"]["color"][0] == POSITIVE and bar["x"][0] == 0.0
+
+
+@pytest.mark.parametrize("effects", [{}, {"top": [], "bottom": []}])
+def test_no_logit_effects(effects):
+    fig = logit_effects(effects)
+    bar = only_trace(fig)
+    assert bar["x"] == [] and bar["y"] == [] and bar["marker"]["color"] == []
+    assert fig["layout"]["height"] == 240
+
+
+# --- per-head bars ---------------------------------------------------------------------------------------------
+
+
+def test_head_bars_one_bar_per_head_coloured_by_sign():
+    fig = head_bars([0.5, -0.25, 0.0], "Head attribution", "share")
+    bar = only_trace(fig)
+    assert bar["x"] == ["H0", "H1", "H2"] and bar["y"] == [0.5, -0.25, 0.0]
+    assert bar["marker"]["color"] == [POSITIVE, NEGATIVE, POSITIVE]
+    assert fig["layout"]["title"]["text"] == "Head attribution"
+    assert fig["layout"]["yaxis"]["title"]["text"] == "share"
+
+
+def test_head_bars_for_one_head_and_for_none():
+    assert only_trace(head_bars([1.0], "t", "y"))["x"] == ["H0"]
+    bar = only_trace(head_bars([], "t", "y"))
+    assert bar["x"] == [] and bar["y"] == [] and bar["marker"]["color"] == []
+
+
+# --- DFA heatmap -----------------------------------------------------------------------------------------------
+
+
+def test_dfa_heatmap_shows_heads_by_sources_up_to_the_destination():
+    contributions = [[0.1, -0.2, 0.3, 9.0], [0.0, 0.4, -0.5, -9.0]]  # (head, source); source 3 is after position 2
+    fig = dfa_heatmap(contributions, ["<bos>", "a", "\n", "b"], position=2)
+    heat = only_trace(fig)
+    assert heat["type"] == "heatmap"
+    assert heat["z"] == [[0.1, -0.2, 0.3], [0.0, 0.4, -0.5]]
+    assert heat["x"] == ["0: <bos>", "1: a", "2: \\n"] and heat["y"] == ["H0", "H1"]
+    assert (heat["zmin"], heat["zmax"]) == (-0.5, 0.5)  # centred on zero, from the shown cells only
+    assert heat["colorscale"][0] == [0, NEGATIVE] and heat["colorscale"][-1] == [1, POSITIVE]
+    layout = fig["layout"]
+    assert layout["title"]["text"] == "DFA toward position 2"
+    assert layout["height"] == 60 + 22 * 2 and layout["xaxis"]["type"] == "category"
+
+
+def test_dfa_heatmap_of_one_token():
+    fig = dfa_heatmap([[0.25], [-0.75]], ["<|endoftext|>"], position=0)
+    heat = only_trace(fig)
+    assert heat["z"] == [[0.25], [-0.75]] and heat["x"] == ["0: <|endoftext|>"]
+    assert (heat["zmin"], heat["zmax"]) == (-0.75, 0.75)
+    assert fig["layout"]["title"]["text"] == "DFA toward position 0"
+
+
+def test_dfa_heatmap_of_zeros_or_no_heads_keeps_a_colour_range():
+    heat = only_trace(dfa_heatmap([[0.0, 0.0]], ["a", "b"], position=1))
+    assert (heat["zmin"], heat["zmax"]) == (-1.0, 1.0)
+    fig = dfa_heatmap([], ["a"], position=0)
+    heat = only_trace(fig)
+    assert heat["z"] == [] and heat["y"] == [] and (heat["zmin"], heat["zmax"]) == (-1.0, 1.0)
+    assert fig["layout"]["height"] == 60
+
+
+def test_figures_do_not_share_or_change_the_base_layout():
+    before = json.dumps(LAYOUT, sort_keys=True)
+    a = head_bars([1.0], "a", "y")
+    b = logit_effects({"top": [{"token": "x", "value": 1.0}] * 30})
+    assert a["layout"]["height"] == 240 and b["layout"]["height"] == 16 * 30 + 60
+    assert json.dumps(LAYOUT, sort_keys=True) == before and a["layout"] is not LAYOUT
