@@ -225,14 +225,14 @@ class Engine:
             raise Invalid(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {top_logprobs}")
         ids = self.encode_text(text)
         edits = [self._intervention(i, ids.shape[1]) for i in interventions]
+        try:
+            default, steered = generate(self.model, ids, max_new_tokens, temperature, seed, top_logprobs, self.saes,
+                                        edits, deadline)
+        except FloatingPointError as exc:
+            raise Invalid(f"the interventions drove the model's logits to infinity or NaN ({exc}): "
+                          "use smaller values") from exc
         runs = {}
-        for key, chosen in (("default", []), ("steered", edits)):
-            try:
-                gen = generate(self.model, ids, max_new_tokens, temperature, seed, top_logprobs, self.saes, chosen,
-                               deadline)
-            except FloatingPointError as exc:
-                raise Invalid("the interventions drove the model's logits to infinity or NaN: "
-                              "use smaller values") from exc
+        for key, gen in (("default", default), ("steered", steered)):
             toks = self.to_str(gen.token_ids)
             runs[key] = {
                 "text": self.model.tokenizer.decode(gen.token_ids), "tokens": toks, "token_ids": gen.token_ids,

@@ -1,15 +1,26 @@
 """Steering: an edit of size zero leaves the output bit-for-bit unchanged; edits equal SAELens's
-decode(edited latents) + error; heads and positions limit an edit exactly."""
+decode(edited latents) + error; heads and positions limit an edit exactly; the KV-cached generation of default and
+steered together gives what the uncached reference gives, run by run."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from app.engine.engine import Engine
-from app.engine.steering import Intervention, OverBudget, _edit_hook
+from app.engine.loading import attach_saes, load_model
+from app.engine.steering import (
+    MODES,
+    Generation,
+    Intervention,
+    OverBudget,
+    _edit_hook,
+    generate,
+    generate_uncached,
+)
 from tests.conftest import ARCHITECTURES
 
 PROMPT = "The quick brown fox"
@@ -125,3 +136,125 @@ def test_a_passed_deadline_stops_generation(engines):
         engine.steer("The quick brown fox", [], max_new_tokens=5, deadline=time.monotonic() - 1)
     assert len(engine.steer("The quick brown fox", [], max_new_tokens=5,
                             deadline=time.monotonic() + 60)["steered"]["token_ids"]) == 5
+
+
+# --- the KV-cached generate against the uncached reference --------------------------------------------------------
+
+DEMO = Path(__file__).resolve().parents[2] / "artifacts" / "demo"
+LIMITS = {"all": {}, "heads": {"heads": (1, 2)}, "positions": {"positions": (1, 3)}}
+MODE_VALUES = {"add": 3.0, "clamp": 5.0, "ablate": 0.0}
+
+
+@pytest.fixture(scope="module")
+def demo_engine() -> Engine:
+    if not (DEMO / "model" / "model.safetensors").exists():
+        pytest.skip("demo not trained yet")
+    model = load_model(str(DEMO / "model"))
+    return Engine(model, attach_saes(model, [str(DEMO / "saes" / f"L{layer}") for layer in (0, 1)]), "demo")
+
+
+def _live_feature(engine: Engine, layer: int, position: int) -> int:
+    """The latent most active at `position` of PROMPT, so that clamp and ablate change something."""
+    acts, _ = engine.saes[layer].encode(_z(engine, layer)[0, position].flatten())
+    return int(acts.argmax())
+
+
+def _assert_same(got: Generation, ref: Generation) -> None:
+    """The same tokens, and log-probabilities (chosen and top) to 1e-5 (absolute and relative): the cached pass
+    multiplies matrices of other shapes, so its sums round differently (on the demo model's sharp logits up to
+    ~1.2e-5 on a log-probability of -5, a few float32 steps of the logits)."""
+    assert got.token_ids == ref.token_ids
+    torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(ref.logprobs), atol=1e-5, rtol=1e-5)
+    assert [[i for i, _ in t] for t in got.top] == [[i for i, _ in t] for t in ref.top]
+    torch.testing.assert_close(torch.tensor([[v for _, v in t] for t in got.top]),
+                               torch.tensor([[v for _, v in t] for t in ref.top]), atol=1e-5, rtol=1e-5)
+
+
+def _check_cached_equals_uncached(engine: Engine, edits: list[Intervention], temperature: float,
+                                  new_tokens: int = 12, seed: int = 5) -> tuple[Generation, Generation]:
+    ids = engine.encode_text(PROMPT)
+    args = (engine.model, ids, new_tokens, temperature, seed, 3, engine.saes)  # top_logprobs 3
+    default, steered = generate(*args, edits)
+    _assert_same(default, generate_uncached(*args, []))
+    _assert_same(steered, generate_uncached(*args, edits))
+    return default, steered
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("limit", LIMITS)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cached_equals_uncached(engines, arch, mode, limit, temperature):
+    """Default and steered together with a KV cache give what two uncached runs give, for every architecture,
+    mode and limit, greedy and seeded sampling (each row with its own generator, as each old run had)."""
+    engine = engines[arch]
+    # layer 0: an edit at prompt positions of the last layer would not reach the generated tokens' logits
+    feature = _live_feature(engine, 0, 3)
+    edits = [Intervention(0, feature, mode, MODE_VALUES[mode], **LIMITS[limit])]
+    default, steered = _check_cached_equals_uncached(engine, edits, temperature)
+    assert steered.logprobs != default.logprobs, "the edit must change the continuation"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cached_equals_uncached_with_edits_on_two_layers(engines, temperature):
+    """Several edits on one layer (summed in one product) and on two layers, with mixed limits."""
+    engine = engines["jumprelu"]
+    f0, f1 = _live_feature(engine, 0, 2), _live_feature(engine, 1, 1)
+    edits = [Intervention(0, f0, "clamp", 4.0, positions=(2,)), Intervention(1, f1, "ablate", heads=(0, 3)),
+             Intervention(1, 7, "add", -2.0, positions=(0, 4))]
+    _check_cached_equals_uncached(engine, edits, temperature, seed=9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("limit", LIMITS)
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_cached_equals_uncached_on_the_demo_model(demo_engine, mode, limit, temperature):
+    """The same on the trained demo model and its TopK SAEs, where a live feature steers real text."""
+    feature = _live_feature(demo_engine, 0, 3)
+    value = {"add": 20.0, "clamp": 20.0, "ablate": 0.0}[mode]
+    edits = [Intervention(0, feature, mode, value, **LIMITS[limit])]
+    default, steered = _check_cached_equals_uncached(demo_engine, edits, temperature, new_tokens=16)
+    assert steered.logprobs != default.logprobs, "the edit must change the continuation"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_add_zero_in_the_batch_is_the_default_row_bit_for_bit(engines, demo_engine, temperature):
+    """An edit of size 0 on the steered row leaves it equal to the default row in every bit, positions limited
+    or not, on the tiny model and the demo model."""
+    for engine in (engines["topk"], demo_engine):
+        ids = engine.encode_text(PROMPT)
+        edits = [Intervention(0, 3, "add", 0.0), Intervention(1, 5, "add", 0.0, heads=(1,), positions=(1, 2))]
+        default, steered = generate(engine.model, ids, 16, temperature, 2, 4, engine.saes, edits)
+        assert steered == default  # token ids, log-probabilities and top lists, exactly
+
+
+def test_generation_stops_at_the_context(engines):
+    """max_new_tokens past the context stops at n_ctx, cached as uncached."""
+    engine = engines["standard"]
+    ids = engine.encode_text(PROMPT)
+    n_ctx = engine.model.cfg.n_ctx
+    edits = [Intervention(1, 9, "add", 2.0)]
+    default, steered = generate(engine.model, ids, n_ctx, 0.0, 0, 0, engine.saes, edits)
+    assert len(default.token_ids) == len(steered.token_ids) == n_ctx - ids.shape[1]
+    assert steered.top[0] == []  # top_logprobs 0: no top lists
+    _assert_same(steered, generate_uncached(engine.model, ids, n_ctx, 0.0, 0, 0, engine.saes, edits))
+
+
+def test_non_finite_logits_name_the_steered_run(engines):
+    """Only the steered row can go non-finite, and the error says so. It takes an infinite value: a finite huge
+    one is normalised away by the next LayerNorm (the engine itself accepts finite values only)."""
+    engine = engines["standard"]
+    with pytest.raises(FloatingPointError, match="steered run"):
+        generate(engine.model, engine.encode_text(PROMPT), 4, 0.0, 0, 0, engine.saes,
+                 [Intervention(0, 9, "add", float("inf"))])
+
+
+def test_default_row_equals_transformer_lens_cached_generate(engines, demo_engine):
+    """The default row greedily continues as TransformerLens's own KV-cached generate does."""
+    for engine in (engines["standard"], demo_engine):
+        ids = engine.encode_text(PROMPT)
+        default, _ = generate(engine.model, ids, 10, 0.0, 0, 0, engine.saes, [Intervention(1, 4, "add", 5.0)])
+        with torch.inference_mode():
+            theirs = engine.model.generate(ids, max_new_tokens=10, do_sample=False, use_past_kv_cache=True,
+                                           stop_at_eos=False, verbose=False)
+        assert default.token_ids == theirs[0, ids.shape[1]:].tolist()
