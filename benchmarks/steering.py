@@ -49,7 +49,12 @@ def fixture(name: str) -> tuple[str, list[str]]:
 def bench(name: str, iters: int) -> dict:
     model_dir, sae_dirs = fixture(name)
     model = load_model(model_dir)
-    engine = Engine(model, attach_saes(model, sae_dirs), name)
+    return measure_steering(Engine(model, attach_saes(model, sae_dirs), name), iters)
+
+
+def measure_steering(engine: Engine, iters: int) -> dict:
+    """Engine.steer against TransformerLens's generate x2 on this engine, `iters` shuffled turns."""
+    model = engine.model
     layer = sorted(engine.saes)[len(engine.saes) // 2]
     spec = {"layer": layer, "feature": 17, "mode": "add", "value": 8.0}
     ids = engine.encode_text(PROMPT)
