@@ -1,11 +1,12 @@
 # Two entry points (see README): `make run` installs and starts SAE Explorer on the embedded default,
-# `make test` installs the test tools and runs the whole suite. Everything else here serves those two.
+# `make test` installs the test tools and runs the whole suite (what CI runs). Everything else here serves those
+# two, except `make test-fast`: a development loop in an installed checkout (README, "Development").
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: run test install install-dev browser lint
+.PHONY: run test test-fast install install-dev browser lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +37,10 @@ lint: install-dev
 test: install-dev browser
 	$(BIN)/ruff check app tests benchmarks migrations
 	$(BIN)/python -m pytest -q
+
+# no install, no browser: lint, then every test not marked slow, browser, process (real saex processes, fresh
+# interpreters that load a model) or gpu
+FAST := not slow and not browser and not process and not gpu
+test-fast:
+	$(BIN)/ruff check app tests benchmarks migrations
+	$(BIN)/python -m pytest -q -m "$(FAST)"

@@ -160,6 +160,7 @@ def test_compose_commands_outside_docker(tmp_path, compose_db):
         stop(worker)
 
 
+@pytest.mark.process
 def test_an_unreachable_database_is_a_message_not_a_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], capture_output=True, text=True,
                           env={**os.environ, "DATABASE_URL": f"postgresql+psycopg://saex@127.0.0.1:{free_port()}/x"},

@@ -145,6 +145,7 @@ def _run_offline(code: str, hf_home: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.process
 def test_saelens_registry_release_from_local_cache(tmp_path, tiny_model_dir):
     """`release:sae_id` resolves through SAELens's registry to files in the local cache (here the Kissane et al.
     GPT-2 release's file names, with tiny weights), with no network."""
@@ -180,6 +181,7 @@ def test_saelens_registry_release_from_local_cache(tmp_path, tiny_model_dir):
     assert "LoadError could not load SAELens release 'gpt2-small-hook-z-kk' id 'blocks.3.hook_z'" in missing.stdout
 
 
+@pytest.mark.process
 def test_transformer_lens_name_from_local_cache(tmp_path, tiny_model_dir):
     """`--model gpt2` loads through TransformerLens from the local cache (a tiny GPT-2 written with transformers),
     and its next-token distribution equals transformers' own forward pass."""

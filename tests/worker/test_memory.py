@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+pytestmark = pytest.mark.process  # each check runs in a fresh interpreter
 
 # 24 MB allocated in 4 MB blocks, touched, freed, again and again: glibc's default trims the heap's top after
 # each round (its thresholds follow the largest block freed so far, 8 MB here), so every round faults 24 MB in

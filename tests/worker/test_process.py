@@ -42,6 +42,7 @@ def test_main_thread_executor_runs_calls_on_the_thread_that_serves_it():
     assert not waiting.running()
 
 
+@pytest.mark.process
 @demo
 def test_sigterm_answers_the_request_in_flight_then_exits_0(tmp_path):
     port = free_port()
@@ -70,6 +71,7 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(tmp_path):
     assert answer["status"] == 200 and answer["body"]["steered"]["tokens"]
 
 
+@pytest.mark.process
 @demo
 def test_a_port_in_use_is_a_failed_start(tmp_path):
     with socket.socket() as taken:
@@ -85,6 +87,7 @@ def test_a_port_in_use_is_a_failed_start(tmp_path):
     assert "address already in use" in (tmp_path / "worker.log").read_text().lower()
 
 
+@pytest.mark.process
 @demo
 def test_saex_serve_with_its_in_process_worker(tmp_path):
     """The README's first command: the web app with the embedded model computing on the main thread; its analysis

@@ -13,7 +13,8 @@ import pytest
 from app.config import DEMO_DIR
 from tests.processes import free_port, start_saex, stop, wait_http
 
-pytestmark = pytest.mark.skipif(not (DEMO_DIR / "model" / "model.safetensors").exists(), reason="no demo model")
+pytestmark = [pytest.mark.process,
+              pytest.mark.skipif(not (DEMO_DIR / "model" / "model.safetensors").exists(), reason="no demo model")]
 POLLS = 'hx-trigger="every 2s"'
 HX = {"HX-Request": "true"}
 
