@@ -278,7 +278,7 @@ class Engine:
         if getattr(self, "_head_scores", None) is None:
             from app.engine.head_scores import head_scores
 
-            scores = head_scores(self.model)
+            scores = head_scores(self.model, losses=False)  # the page shows no losses: no unembedding
             self._head_scores = {"induction": scores.induction.tolist(),
                                  "previous_token": scores.previous_token.tolist()}
         return self._head_scores

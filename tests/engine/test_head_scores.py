@@ -49,6 +49,9 @@ def test_scores_equal_a_loop_over_the_patterns(model):
     second = -torch.stack([logprobs[b, t - 1, tokens[b, t]] for b in range(BATCH) for t in range(n + 2, 2 * n + 1)])
     assert scores.first_half_loss == pytest.approx(first.item(), rel=1e-5)
     assert scores.second_half_loss == pytest.approx(second.mean().item(), rel=1e-5)
+    lean = head_scores(model, losses=False)  # no unembedding, the same scores
+    assert torch.equal(lean.induction, scores.induction) and torch.equal(lean.previous_token, scores.previous_token)
+    assert lean.first_half_loss is None and lean.second_half_loss is None
 
 
 def test_head_page_numbers_and_saex_eval_are_the_same_function(tiny_engines, tmp_path, capsys, monkeypatch):
