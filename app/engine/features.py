@@ -58,6 +58,43 @@ def flat_z(z: torch.Tensor) -> torch.Tensor:
     return z.flatten(-2)
 
 
+_POW10 = torch.tensor([10.0**i for i in range(64)], dtype=torch.float64)  # exact up to 1e22
+
+
+def float32_shortest(values: torch.Tensor) -> torch.Tensor:
+    """values (any shape, a float dtype of at most 32 bits) -> float64 (same shape, on the CPU): each value's float32
+    as the double nearest to the shortest decimal that reads back as that float32, so a JSON writer prints
+    1.2345678 where the float32's exact double prints as 1.2345677614212036. Lossless: float32(result) == float32(
+    values) everywhere. A 128-token all-layer analysis at GPT-2-Small shape went from 784 to 650 KB of JSON, and
+    from 196 to 120 KB gzipped (random digits compress poorly).
+
+    Shortest is the fewest significant digits p that read back; a float32 needs at most 9. Rounding to 6 digits
+    lands on the shortest decimal whenever that has 6 digits or fewer (half a float32 ulp, at most 6e-8 of the
+    value, is under half a 6-digit step, at least 5e-7 of it), and p + 1 digits read back whenever p do, so trying
+    p = 9, 8, 7, 6 and keeping the last that reads back gives the shortest. round(x·10^k)/10^k is the double nearest
+    to that decimal while 10^k is exact (|k| <= 22): values outside 1e-14 to 1e27 may print with more digits, never
+    inexactly."""
+    if values.dtype == torch.float64:
+        return values
+    x32 = values.to(torch.float32).cpu()
+    x = x32.to(torch.float64)
+    exponent = torch.log10(x.abs()).floor_().nan_to_num_(0.0, 0.0, 0.0).to(torch.int64)  # 0 for 0, inf and nan
+    out = x
+    if bool((exponent <= 5).all()):  # every value under 1e6, as activations are: k = p - 1 - exponent >= 0
+        scale = _POW10[(8 - exponent).clamp_max(63)]  # 10^k for p = 9, a tenth of it for each digit fewer
+        for _ in (9, 8, 7, 6):
+            rounded = (x * scale).round_().div_(scale)
+            out = torch.where(rounded.to(torch.float32) == x32, rounded, out)
+            scale = scale / 10
+        return out
+    for p in (9, 8, 7, 6):
+        k = (p - 1) - exponent  # decimal places kept (negative: tens, hundreds, ... rounded away)
+        scale = _POW10[k.abs().clamp_max(63)]
+        rounded = torch.where(k >= 0, (x * scale).round_().div_(scale), (x / scale).round_().mul_(scale))
+        out = torch.where(rounded.to(torch.float32) == x32, rounded, out)
+    return out
+
+
 def top_features(values: torch.Tensor, indices: torch.Tensor) -> list[list[dict]]:
     """values, indices (T, k), largest first -> per token the active features as the contract's
     {"feature", "activation"} entries (one comprehension: this runs once per layer on every analysis)."""

@@ -21,6 +21,11 @@ from sae_lens import SAE
 SUPPORTED_ARCHITECTURES = ("standard", "jumprelu", "topk", "gated")
 # Normalisations that SAELens leaves out at inference; the others rescale each token and break linearity.
 SUPPORTED_NORMALIZATIONS = ("none", "expected_average_only_in")
+# TopK's active count from its k largest pre-activations rather than a pass over all of them, from this many
+# (T·d_sae) on: a pass over pre-activations that no longer sit in cache costs more than a top-k of k rather than n.
+# Measured on one thread, counting pass vs top-32: T=128, d_sae=2,048: 1.2 vs 1.5 ms; 512 x 2,048: 9.1 vs 10.0;
+# 128 x 8,192: 9.4 vs 3.9; 128 x 24,576: 31 vs 16; 512 x 24,576: 182 vs 63.
+COUNT_FROM_TOP_K = 1 << 20
 
 
 @dataclass
@@ -101,12 +106,16 @@ class AttnSAE:
         the active-feature count per token (T,). For TopK SAEs straight from the k largest pre-activations, with
         no dense activation matrix; the same numbers as topk over `encode`."""
         if self.architecture == "topk" and n <= self.k:
-            pre = (x.to(self.W_eff.dtype) - self.b_dec_in) @ self.sae.W_enc + self.sae.b_enc
+            pre = (x.to(self.W_eff.dtype) - self.b_dec_in) @ self.sae.W_enc + self.sae.b_enc  # (T, d_sae)
             if self.rescaled:
                 pre = pre * self.dec_scale
-            values, indices = pre.topk(n, dim=-1)  # sorted, largest first: the first n of the k the SAE keeps
-            # of the k largest pre-activations, as many are positive as there are positive ones, up to k
-            return values.relu(), indices, (pre > 0).sum(-1).clamp_max(self.k)
+            if pre.numel() < COUNT_FROM_TOP_K:
+                values, indices = pre.topk(n, dim=-1)  # sorted, largest first: the first n of the k the SAE keeps
+                # of the k largest pre-activations, as many are positive as there are positive ones, up to k
+                return values.relu(), indices, (pre > 0).sum(-1).clamp_max(self.k)
+            values, indices = pre.topk(self.k, dim=-1)  # (T, k) sorted, largest first: the k the SAE keeps
+            # the active ones are the positive ones among them: all k when k or more pre-activations are positive
+            return values[:, :n].relu(), indices[:, :n], (values > 0).sum(-1)
         acts, _ = self.encode(x)
         values, indices = acts.topk(min(n, acts.shape[-1]), dim=-1)
         return values, indices, (acts > 0).sum(-1)

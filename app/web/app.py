@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_errors import http_error_detail, http_error_json, install_error_handlers
 from app.asgi import Hooks
+from app.compression import Compressed
 from app.config import Settings
 from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
@@ -65,6 +66,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.state.sessions = make_sessionmaker(db)
     app.state.worker = worker
     app.state.rate_limits = TokenBuckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+    app.add_middleware(Compressed, prefixes=("/api/",))  # innermost: the request log's time includes compressing
     install_error_handlers(app)
     install_sessions(app, signer, secure=settings.secure_cookies)
 

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import time
+import zlib
 
 import httpx
 import orjson
@@ -46,14 +47,16 @@ class WorkerClient:
 
     @classmethod
     def over_http(cls, urls: list[str], timeout: float = 120.0) -> WorkerClient:
-        clients = [httpx.AsyncClient(base_url=u.rstrip("/"), timeout=httpx.Timeout(timeout, connect=3.0))
-                   for u in urls]
+        # gzip: a 128-token all-layer analysis at GPT-2-Small shape is 650 KB of JSON, 120 KB gzipped
+        clients = [httpx.AsyncClient(base_url=u.rstrip("/"), timeout=httpx.Timeout(timeout, connect=3.0),
+                                     headers={"Accept-Encoding": "gzip"}) for u in urls]
         return cls(clients, urls, timeout=timeout)
 
     @classmethod
     def in_process(cls, worker_app, timeout: float = 120.0) -> WorkerClient:
+        # identity: compressing for a hop inside one process would only cost time at both ends
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=worker_app), base_url="http://worker",
-                                   timeout=timeout)
+                                   timeout=timeout, headers={"Accept-Encoding": "identity"})
         return cls([client], ["in-process worker"], timeout=timeout)
 
     async def close(self) -> None:
@@ -67,12 +70,45 @@ class WorkerClient:
         return [i for i in ring if self._down_until[i] <= now] + [i for i in ring if self._down_until[i] > now]
 
     async def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        """The worker's JSON answer, parsed."""
+        name, _, content = await self._answer(method, path, body, raw=False)
+        try:  # orjson: a 60 KB analysis parses in 0.27 ms, against 1.3 ms for the standard library's json
+            return orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            raise WorkerUnavailable(f"{name} answered with a body that is not JSON; is that URL an SAE Explorer "
+                                    "worker?") from exc
+
+    async def forward(self, method: str, path: str, body: dict | None = None,
+                      gzip: bool = False) -> tuple[bytes, str | None]:
+        """The worker's JSON answer as it came, to be passed on unread: (body, its Content-Encoding). gzip: the
+        caller's client takes gzip, so a gzipped answer stays gzipped (None: the body is plain JSON). Parsing and
+        writing it again would cost the web app 4.7 ms for a 128-token all-layer analysis at GPT-2-Small shape,
+        9.6 ms with decompressing and compressing it again."""
+        name, headers, content = await self._answer(method, path, body, raw=True,
+                                                    accept="gzip" if gzip else "identity")
+        if not headers.get("content-type", "").startswith("application/json"):
+            raise WorkerUnavailable(f"{name} answered with a body that is not JSON; is that URL an SAE Explorer "
+                                    "worker?")
+        return content, headers.get("content-encoding")
+
+    async def _answer(self, method: str, path: str, body: dict | None, raw: bool,
+                      accept: str | None = None) -> tuple[str, httpx.Headers, bytes]:
+        """The first worker's successful answer: (its name, the response's headers, the body: as sent when raw,
+        else decoded). Fails over past workers that are down or busy; raises WorkerError for a 4xx and
+        WorkerUnavailable when none could answer."""
+        headers = {**(JSON_HEADERS if body is not None else {}), **({"Accept-Encoding": accept} if accept else {})}
+        content = None if body is None else _dumps(body)
         busy: WorkerError | None = None
         last = ""
         for i in self._order():
+            client = self._clients[i]
             try:
-                r = await self._clients[i].request(method, path, content=None if body is None else _dumps(body),
-                                                   headers=JSON_HEADERS if body is not None else None)
+                r = await client.send(client.build_request(method, path, content=content, headers=headers or None),
+                                      stream=True)
+                try:
+                    data = b"".join([c async for c in r.aiter_raw()]) if raw else await r.aread()
+                finally:
+                    await r.aclose()
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 self._down_until[i] = time.monotonic() + self.cooldown
                 last = f"{self.names[i]}: {type(exc).__name__}"
@@ -80,7 +116,7 @@ class WorkerClient:
             except httpx.TimeoutException as exc:
                 raise WorkerUnavailable(f"the worker did not answer within {self.timeout:.0f} s", 10) from exc
             if r.status_code == 503:  # busy: try another worker, else pass the busy answer on
-                busy = WorkerError(503, _detail(r), {"Retry-After": r.headers.get("Retry-After", "5")})
+                busy = WorkerError(503, _detail(r, data, raw), {"Retry-After": r.headers.get("Retry-After", "5")})
                 continue
             if r.status_code >= 500:
                 self._down_until[i] = time.monotonic() + self.cooldown
@@ -88,13 +124,9 @@ class WorkerClient:
                 continue
             self._down_until[i] = 0.0
             if r.status_code >= 400:
-                raise WorkerError(r.status_code, _detail(r), {k: v for k, v in r.headers.items()
-                                                              if k.lower() == "retry-after"})
-            try:  # orjson: a 60 KB analysis parses in 0.27 ms, against 1.3 ms for the standard library's json
-                return orjson.loads(r.content)
-            except orjson.JSONDecodeError as exc:
-                raise WorkerUnavailable(f"{self.names[i]} answered HTTP {r.status_code} with a body that is not "
-                                        "JSON; is that URL an SAE Explorer worker?") from exc
+                raise WorkerError(r.status_code, _detail(r, data, raw), {k: v for k, v in r.headers.items()
+                                                                         if k.lower() == "retry-after"})
+            return f"{self.names[i]} (HTTP {r.status_code})", r.headers, data
         if busy is not None:
             raise WorkerUnavailable(busy.detail, int(busy.headers.get("Retry-After", "5") or 5))
         raise WorkerUnavailable(f"no inference worker is reachable ({last}); it may be restarting")
@@ -117,9 +149,11 @@ def _dumps(body: dict) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _detail(r: httpx.Response) -> str:
+def _detail(r: httpx.Response, data: bytes, raw: bool) -> str:
     try:
-        detail = r.json().get("detail")
-    except ValueError:
+        if raw and r.headers.get("content-encoding") == "gzip":
+            data = zlib.decompress(data, wbits=31)
+        detail = orjson.loads(data).get("detail")
+    except (ValueError, AttributeError, zlib.error):
         detail = None
     return detail if isinstance(detail, str) else f"the worker answered HTTP {r.status_code}"

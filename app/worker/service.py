@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 
 from app import protocol as P
 from app.api_errors import install_error_handlers
+from app.compression import Compressed
 from app.engine.engine import Engine, InputError, NotFound, TooLong
 from app.engine.steering import OverBudget
 from app.json_response import JSONBytes, json_bytes
@@ -130,6 +131,7 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
     app = FastAPI(title="SAE Explorer worker", version="0.1.0", lifespan=lifespan,
                   description="Model-backed endpoints of the SAE Explorer API")
     app.state.worker = Worker(engine, queue, time_budget_s, Threads(engine))
+    app.add_middleware(Compressed)  # innermost: the request log's time includes compressing
     install_error_handlers(app)
 
     @app.get("/health")

@@ -59,6 +59,29 @@ def test_analyze_top_features_equal_saelens_topk(engines, arch):
                 assert abs(ref_acts[t, f["feature"]] - f["activation"]) < 1e-5
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_analyze_json_prints_each_activation_as_its_shortest_float32(engines, arch):
+    """The answer as the worker writes it (json_bytes) and a client parses it: every activation reads back as
+    SAELens's float32 value, printed with no more digits than that float32 needs (numpy's shortest repr)."""
+    import numpy as np
+    import orjson
+
+    from app.json_response import json_bytes
+
+    engine = engines[arch]
+    result = orjson.loads(json_bytes(engine.analyze(PROMPT, top_k=5)))
+    n = 0
+    for layer_result in result["layers"]:
+        ref_acts, _, _ = reference(engine, arch, layer_result["layer"])
+        for t, row in enumerate(layer_result["top_features"]):
+            for f in row:
+                want = np.float32(ref_acts[t, f["feature"]].item())
+                assert np.float32(f["activation"]) == want
+                assert f["activation"] == float(str(want))  # the decimal numpy's shortest repr writes
+                n += 1
+    assert n > 20
+
+
 def assert_rel(a: float, b: float, terms: list[float], rel: float = 1e-4) -> None:
     """|a - b| within `rel` of the sum's scale: the larger of |a|, |b| and Σ|terms| (a sum of terms that cancel
     to near zero carries the rounding of the terms, not of the result)."""
@@ -172,12 +195,17 @@ def test_analyze_head_contributions_equal_the_trace(engines):
             assert entry["heads"] == pytest.approx(trace["head_contributions"][t], rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("count_from_top_k", [False, True])
 @pytest.mark.parametrize("shift", [0.0, -2.0, -100.0])
-def test_top_active_equals_topk_of_saelens_encode(engines, shift):
+def test_top_active_equals_topk_of_saelens_encode(engines, shift, count_from_top_k, monkeypatch):
     """TopK: top_active reads the n largest and counts L0 without the SAE's k largest; with the encoder bias shifted
-    down, fewer than k pre-activations are positive (and at -100 none are), so both sides of its count are met."""
+    down, fewer than k pre-activations are positive (and at -100 none are), so both sides of its count are met.
+    Both ways of counting: over every pre-activation (small T·d_sae), and over the k largest (large)."""
     import copy
 
+    from app.engine import saes
+
+    monkeypatch.setattr(saes, "COUNT_FROM_TOP_K", 0 if count_from_top_k else 1 << 30)
     sae = copy.deepcopy(engines["topk"].saes[1])
     with torch.no_grad():
         sae.sae.b_enc += shift

@@ -3,10 +3,14 @@ HTTP workers spread round-robin with failover; an unreachable worker is a clear 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
+import zlib
+from contextlib import contextmanager
 
+import orjson
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -15,9 +19,12 @@ from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.loading import attach_saes, load_model
 from app.web.app import create_web_app
+from app.web.worker_client import WorkerClient, WorkerError
 from app.worker.service import create_worker_app
+from tests.conftest import TEXT
 
 PROMPT = "The quick brown fox"
+LONG = {"text": TEXT[:150], "top_k": 10}  # an answer of some KB: compressed when the client takes gzip
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +57,67 @@ def test_info_analyze_and_dfa_through_the_web(web, worker_app):
     assert body == direct
     d = web.post("/api/v1/dfa", json={"text": PROMPT, "layer": 1, "feature": 2, "position": 3}).json()
     assert len(d["contributions"]) == 4
+
+
+def test_api_answers_are_the_workers_bytes_gzipped_when_the_client_takes_gzip(web, worker_app):
+    direct = TestClient(worker_app).post("/v1/analyze", json=LONG, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in direct.headers and len(direct.content) > 2048
+    with web.stream("POST", "/api/v1/analyze", json=LONG, headers={"Accept-Encoding": "gzip"}) as r:
+        raw = b"".join(r.iter_raw())
+    assert r.status_code == 200 and r.headers["content-encoding"] == "gzip" and r.headers["vary"] == "Accept-Encoding"
+    assert zlib.decompress(raw, wbits=31) == direct.content and len(raw) < len(direct.content) / 2
+    plain = web.post("/api/v1/analyze", json=LONG, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == direct.content
+    assert web.post("/api/v1/analyze", json=LONG).json() == direct.json()  # httpx asks for gzip and reads it
+
+
+@contextmanager
+def served(app):
+    """app on uvicorn on a free port of the loopback, for the duration; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+def test_an_http_worker_answers_gzipped_and_the_web_app_passes_it_on(worker_app, tmp_path):
+    """Worker to web app over HTTP: the client asks for gzip, reads a gzipped answer as it came to pass it on,
+    or decoded to parse it; 4xx details still read."""
+    from app.store.db import upgrade
+
+    async def ask(client: WorkerClient):
+        try:
+            gz = await client.forward("POST", "/v1/analyze", LONG, gzip=True)
+            plain = await client.forward("POST", "/v1/analyze", LONG, gzip=False)
+            parsed = await client.request("POST", "/v1/analyze", LONG)
+            with pytest.raises(WorkerError, match="layers with SAEs"):
+                await client.forward("POST", "/v1/analyze", {**LONG, "layers": [5]}, gzip=True)
+            return gz, plain, parsed
+        finally:
+            await client.close()
+
+    url = f"sqlite:///{tmp_path / 'gz.db'}"
+    upgrade(url)
+    with served(worker_app) as worker_url:
+        client = WorkerClient.over_http([worker_url])
+        assert client._clients[0].headers["accept-encoding"] == "gzip"
+        (gz, gz_encoding), (plain, plain_encoding), parsed = asyncio.run(ask(client))
+        with TestClient(create_web_app(Settings(database_url=url, worker_urls=[worker_url]))) as c:
+            with c.stream("POST", "/api/v1/analyze", json=LONG, headers={"Accept-Encoding": "gzip"}) as r:
+                raw = b"".join(r.iter_raw())
+            through = c.post("/api/v1/analyze", json=LONG)
+    assert gz_encoding == "gzip" and plain_encoding is None
+    assert zlib.decompress(gz, wbits=31) == plain and len(gz) < len(plain) / 2
+    assert parsed == orjson.loads(plain)
+    assert r.headers["content-encoding"] == "gzip" and zlib.decompress(raw, wbits=31) == plain
+    assert through.content == plain  # httpx decodes it
 
 
 def test_worker_errors_pass_through(web):

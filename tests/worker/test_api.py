@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import zlib
 
 import httpx
 import pytest
@@ -55,6 +56,20 @@ def test_analyze_matches_engine(client, engine):
     assert len(body["layers"][0]["l0"]) == len(body["tokens"])
     both = client.post("/v1/analyze", json={"text": PROMPT}).json()
     assert [layer["sae_id"] for layer in both["layers"]] == ["L0", "L1"]
+
+
+def test_answers_are_gzipped_when_the_client_takes_gzip_and_only_then(client, engine):
+    body = {"text": PROMPT * 5, "top_k": 10}
+    with client.stream("POST", "/v1/analyze", json=body, headers={"Accept-Encoding": "gzip, deflate"}) as r:
+        raw = b"".join(r.iter_raw())
+    assert r.headers["content-encoding"] == "gzip" and r.headers["vary"] == "Accept-Encoding"
+    assert int(r.headers["content-length"]) == len(raw)
+    plain = client.post("/v1/analyze", json=body, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and len(plain.content) > 2048
+    assert zlib.decompress(raw, wbits=31) == plain.content and len(raw) < len(plain.content) / 2
+    assert plain.json() == engine.analyze(body["text"], None, 10)
+    small = client.post("/v1/tokenize", json={"text": "fox"}, headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers  # a body this small goes out as it is
 
 
 def test_feature_trace_and_dfa(client):

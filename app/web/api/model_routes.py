@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from app import protocol as P
-from app.json_response import FastJSON
+from app.compression import accepts_gzip
+from app.json_response import FastJSON, JSONBytes
 from app.store import results
 from app.web.auth import CallerDep
 from app.web.deps import SessionDep, SettingsDep
@@ -32,37 +33,40 @@ def ask_failed(exc: Exception) -> None:
     raise HTTPException(503, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from exc
 
 
-async def ask(worker: WorkerClient, method: str, path: str, body: dict | None = None) -> FastJSON:
-    """The worker's answer, passed on as it came (it already has the contract's fields)."""
+async def ask(worker: WorkerClient, request: Request, method: str, path: str, body: dict | None = None) -> JSONBytes:
+    """The worker's answer, passed on as it came, unread (it already has the contract's fields): gzipped when this
+    request's client takes gzip and the worker compressed it."""
     try:
-        return FastJSON(await worker.request(method, path, body))
+        content, encoding = await worker.forward(method, path, body, gzip=accepts_gzip(request.headers))
     except (WorkerError, WorkerUnavailable) as exc:
         ask_failed(exc)
+    headers = {"Content-Encoding": encoding, "Vary": "Accept-Encoding"} if encoding else None
+    return JSONBytes(content, headers=headers)
 
 
 @router.get("/info", response_model=P.InfoResponse, responses=ERRORS)
-async def info(worker: WorkerDep) -> FastJSON:
-    return await ask(worker, "GET", "/v1/info")
+async def info(worker: WorkerDep, request: Request) -> JSONBytes:
+    return await ask(worker, request, "GET", "/v1/info")
 
 
 @router.post("/tokenize", response_model=P.TokenizeResponse, responses=ERRORS)
-async def tokenize(body: P.TextRequest, worker: WorkerDep) -> FastJSON:
-    return await ask(worker, "POST", "/v1/tokenize", body.model_dump())
+async def tokenize(body: P.TextRequest, worker: WorkerDep, request: Request) -> JSONBytes:
+    return await ask(worker, request, "POST", "/v1/tokenize", body.model_dump())
 
 
 @router.post("/analyze", dependencies=[RateLimited], response_model=P.AnalyzeResponse, responses=ERRORS)
-async def analyze(body: P.AnalyzeRequest, worker: WorkerDep) -> FastJSON:
-    return await ask(worker, "POST", "/v1/analyze", body.model_dump())
+async def analyze(body: P.AnalyzeRequest, worker: WorkerDep, request: Request) -> JSONBytes:
+    return await ask(worker, request, "POST", "/v1/analyze", body.model_dump())
 
 
 @router.post("/feature-trace", dependencies=[RateLimited], response_model=P.FeatureTraceResponse, responses=ERRORS)
-async def feature_trace(body: P.FeatureRequest, worker: WorkerDep) -> FastJSON:
-    return await ask(worker, "POST", "/v1/feature-trace", body.model_dump())
+async def feature_trace(body: P.FeatureRequest, worker: WorkerDep, request: Request) -> JSONBytes:
+    return await ask(worker, request, "POST", "/v1/feature-trace", body.model_dump())
 
 
 @router.post("/dfa", dependencies=[RateLimited], response_model=P.DFAResponse, responses=ERRORS)
-async def dfa(body: P.DFARequest, worker: WorkerDep) -> FastJSON:
-    return await ask(worker, "POST", "/v1/dfa", body.model_dump())
+async def dfa(body: P.DFARequest, worker: WorkerDep, request: Request) -> JSONBytes:
+    return await ask(worker, request, "POST", "/v1/dfa", body.model_dump())
 
 
 @router.post("/steer", dependencies=[RateLimited], response_model=P.SteerResponse,
