@@ -238,6 +238,40 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interop(args: argparse.Namespace) -> int:
+    """`saex export neuronpedia` and `saex import neuronpedia`: one SAE's dashboards and explanations."""
+    from app.store.db import make_engine, make_sessionmaker, upgrade
+    from app.store.neuronpedia import NeuronpediaError, export_sae, import_sae
+
+    name = f"saex {args.command}"
+    try:
+        url = load_settings(args.config).resolved_database_url
+    except ValueError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    upgrade(url)
+    db = make_engine(url)
+
+    def say(line: str) -> None:
+        print(f"{name}: {line}", file=sys.stderr)
+
+    try:
+        with make_sessionmaker(db)() as session:
+            if args.command == "export":
+                summary = export_sae(session, args.model_slug, args.sae, args.out, args.batch_size,
+                                     source_set=args.source_set, neuronpedia_model=args.neuronpedia_model,
+                                     progress=say)
+            else:
+                summary = import_sae(session, args.folder, args.model_slug, args.sae, progress=say)
+    except (NeuronpediaError, OSError) as exc:  # bad input: say what, never a traceback
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from app.training import commands
 
@@ -316,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--id", type=int)
     k.add_argument("--config", type=Path)
     k.set_defaults(func=cmd_keys)
+
+    for action, what in (("export", "write"), ("import", "read")):
+        x = sub.add_parser(action, help=f"{what} one SAE's dashboards and explanations in Neuronpedia's export layout")
+        x.add_argument("format", choices=["neuronpedia"])
+        x.add_argument("--model-slug", default="demo", help="the model's name in the store")
+        x.add_argument("--sae", required=True, help="the SAE's id within the model, e.g. L0")
+        x.add_argument("--config", type=Path)
+        if action == "export":
+            x.add_argument("--out", type=Path, required=True, help="a new folder: the source folder "
+                           "(Neuronpedia's exports/<modelId>/<sourceId>/)")
+            x.add_argument("--source-set", default="att-saex", help="Neuronpedia source set; the source id is "
+                           "'<layer>-<set>'")
+            x.add_argument("--neuronpedia-model", help="Neuronpedia's model id (default: the model slug)")
+            x.add_argument("--batch-size", type=int, default=1024, help="features a batch file")
+        else:
+            x.add_argument("folder", type=Path, help="a Neuronpedia source folder (features/, activations/, "
+                           "explanations/); the model and SAE must be in the store already")
+        x.set_defaults(func=cmd_interop)
 
     t = sub.add_parser("train", help="build the embedded default: corpus, tokenizer, model, SAEs")
     from app.training.commands import add_train_parsers
