@@ -106,7 +106,7 @@ def part_dashboards(args) -> dict:
     import torch
 
     from app.engine.features import capture, flat_z
-    from app.jobs.dashboards import BuildParams, build, plan_layer_groups
+    from app.jobs.dashboards import BuildParams, build, plan_layer_groups, run_pass
     from app.store.db import make_engine, make_sessionmaker, upgrade
 
     torch.set_num_threads(args.threads)
@@ -117,7 +117,7 @@ def part_dashboards(args) -> dict:
     corpus[:, 0] = engine.model.tokenizer.bos_token_id
     rss_loaded = peak_rss_gb()
     hooks = [s.hook_name for s in engine.saes.values()]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for i in range(0, corpus.shape[0], args.batch_size):
             zs = capture(engine.model, corpus[i : i + args.batch_size], hooks)
@@ -125,18 +125,31 @@ def part_dashboards(args) -> dict:
                 sae.encode(flat_z(zs[sae.hook_name]))
             del zs
     bare = corpus.numel() / (time.perf_counter() - t0)
+    bare_cpu = corpus.numel() / (time.process_time() - c0)  # CPU seconds: less moved by other processes' load
+    params = BuildParams(corpus=f"random-{args.tokens}", tokens=int(corpus.numel()))
+    memory = int(args.stats_memory_gb * 2**30)
+    groups = plan_layer_groups(engine, sorted(engine.saes), params.top_k, memory)
+    out = {"tokens": int(corpus.numel()), "batch_size": args.batch_size, "layer_groups": groups,
+           "rss_gb_after_loading": rss_loaded, "bare_forward_plus_encode_tokens_per_s": round(bare, 1),
+           "bare_tokens_per_cpu_s": round(bare_cpu, 1)}
+    if args.pass_only:  # the corpus pass alone, as the build runs it (one pass per group of layers)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for group in groups:
+            stats = run_pass(engine, corpus, group, args.batch_size, params.top_k, progress=False)
+            del stats
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return {**out, "pass_only": True, "peak_rss_gb": peak_rss_gb(), "pass_seconds": round(seconds, 1),
+                "pass_tokens_per_s": round(corpus.numel() / seconds, 1),
+                "pass_over_bare": round(corpus.numel() / seconds / bare, 3),
+                "pass_tokens_per_cpu_s": round(corpus.numel() / cpu, 1),
+                "pass_over_bare_cpu_time": round(corpus.numel() / cpu / bare_cpu, 3)}
     ensure_database(args.database_url)
     upgrade(args.database_url)
     db = make_engine(args.database_url)
-    params = BuildParams(corpus=f"random-{args.tokens}", tokens=int(corpus.numel()))
-    memory = int(args.stats_memory_gb * 2**30)
     summary = build(engine, make_sessionmaker(db), corpus, params, model_slug=f"gpt2-shape-{args.arch}",
                     batch_size=args.batch_size, progress=False, stats_memory_bytes=memory)
     db.dispose()
-    out = {"tokens": int(corpus.numel()), "batch_size": args.batch_size,
-           "layer_groups": plan_layer_groups(engine, sorted(engine.saes), params.top_k, memory),
-           "features_written": summary["features_written"], "peak_rss_gb": peak_rss_gb(),
-           "rss_gb_after_loading": rss_loaded, "bare_forward_plus_encode_tokens_per_s": round(bare, 1)}
+    out.update(features_written=summary["features_written"], peak_rss_gb=peak_rss_gb())
     if summary["features_written"]:
         out.update(pass_tokens_per_s=round(summary["pass_tokens_per_s"], 1),
                    pass_over_bare=round(summary["pass_tokens_per_s"] / bare, 3),
@@ -307,6 +320,7 @@ def run_child(part: str, args) -> dict:
     cmd = [sys.executable, __file__, "--part", part, "--arch", args.arch, "--tokens", str(args.tokens),
            "--threads", str(args.threads), "--database-url", args.database_url, "--reps", str(args.reps),
            "--batch-size", str(args.batch_size), "--stats-memory-gb", str(args.stats_memory_gb),
+           *(["--pass-only"] if args.pass_only else []),
            "--load-concurrency", str(args.load_concurrency), "--load-seconds", str(args.load_seconds)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -325,6 +339,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--stats-memory-gb", type=float, default=4.0)
+    parser.add_argument("--pass-only", action="store_true", help="dashboards: time the corpus pass, write nothing")
     parser.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/saex_scale")
     parser.add_argument("--load-concurrency", type=int, default=4)
     parser.add_argument("--load-seconds", type=float, default=20)
