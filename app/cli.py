@@ -16,7 +16,7 @@ def _engine_from_settings(settings):
 
     from app.engine.engine import Engine
     from app.engine.loading import attach_saes, load_model
-    from app.memory import keep_freed_memory
+    from app.serving.memory import keep_freed_memory
 
     keep_freed_memory()  # before the first tensor: freed memory stays mapped for the next request
     if settings.threads:
@@ -37,7 +37,7 @@ def _serve(app, executor=None, **config) -> int:
 
     import uvicorn
 
-    from app.memory import freeze_loaded_objects
+    from app.serving.memory import freeze_loaded_objects
 
     server = uvicorn.Server(uvicorn.Config(app, **config))
     freeze_loaded_objects()  # start-up is done: what exists now lives as long as the process
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("serve", "worker"):
-        from app.request_log import configure_logging
+        from app.serving.request_log import configure_logging
 
         configure_logging()
     from sqlalchemy.exc import OperationalError

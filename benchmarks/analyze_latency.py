@@ -17,7 +17,7 @@ nothing runs: a researcher's request reaching an idle machine) and back_to_back 
 steady stream).
 
 This process builds its engine as the worker does, so the SAELens way runs with the worker's allocator settings
-(app/memory.py) too: if anything, they make the reference faster.
+(app/serving/memory.py) too: if anything, they make the reference faster.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ The SAELens way is the one benchmarks/analyze_latency.py times: a HookedSAETrans
 SAE spliced in with its error term, run_with_cache_with_saes, then top-k and the active count per token. Our side
 is Engine.analyze(text, layers=None, top_k=10), the request `{"text": ..., "layers": null}`. Both are timed in
 turns, in a shuffled order each turn, so both meet the same drift of a shared machine's speed. The response bytes
-are the worker's: the body json_bytes writes, and that body gzipped as app/compression.py sends it; `float64_bytes`
-is the same answer with its activations printed as float64 (17 digits), as the worker wrote them before.
+are the worker's: the body json_bytes writes, and that body gzipped as app/serving/compression.py sends it;
+`float64_bytes` is the same answer with its activations printed as float64 (17 digits), as the worker wrote them before.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 import orjson
 import torch
 
-from app.compression import GZIP_LEVEL
-from app.json_response import json_bytes
+from app.serving.compression import GZIP_LEVEL
+from app.serving.json_response import json_bytes
 from app.training.evaluate import dashboard_sequences
 
 TOP_K = 10  # the request's default

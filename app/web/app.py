@@ -12,10 +12,10 @@ from sqlalchemy import text
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api_errors import http_error_detail, http_error_json, install_error_handlers
-from app.asgi import Hooks
-from app.compression import Compressed
 from app.config import Settings
+from app.serving.api_errors import http_error_detail, http_error_json, install_error_handlers
+from app.serving.asgi import Hooks
+from app.serving.compression import Compressed
 from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
 from app.web.auth import CookieSigner, install_sessions, session_secret, sign_in_gate

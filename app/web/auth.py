@@ -23,7 +23,7 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from starlette.datastructures import MutableHeaders
 
-from app.asgi import Hooks, cookie_header
+from app.serving.asgi import Hooks, cookie_header
 from app.store import keys
 from app.store.models import APIKey
 from app.web.deps import DATABASE_DOWN, SessionDep

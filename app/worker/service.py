@@ -13,11 +13,11 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 
 from app import protocol as P
-from app.api_errors import install_error_handlers
-from app.compression import Compressed
 from app.engine.engine import Engine, InputError, NotFound, TooLong
 from app.engine.steering import OverBudget
-from app.json_response import JSONBytes, json_bytes
+from app.serving.api_errors import install_error_handlers
+from app.serving.compression import Compressed
+from app.serving.json_response import JSONBytes, json_bytes
 from app.worker.queue import BoundedQueue, QueueFull
 
 ERRORS = P.ERROR_RESPONSES

@@ -29,7 +29,9 @@ WEB_SIDE = ("app.web", "app.store")
 # torch, TransformerLens, SAELens; transformers is TransformerLens's tokenizer layer (the engine loads a model
 # folder's tokenizer.json through it); safetensors and numpy are the file format and what torch hands arrays to
 ENGINE_LIBRARIES = ("torch", "transformer_lens", "sae_lens", "transformers", "safetensors", "numpy")
-PACKAGES = ("app.engine", "app.web", "app.store", "app.worker", "app.jobs", "app.training")
+PACKAGES = ("app.engine", "app.web", "app.store", "app.worker", "app.jobs", "app.training", "app.serving")
+# the plumbing both services share: HTTP libraries and the standard library, nothing of the app but itself
+SERVING_LIBRARIES = ("fastapi", "starlette", "orjson")
 
 
 def _heavy(found: dict[str, set[str]]) -> list[str]:
@@ -66,6 +68,10 @@ def test_importing_every_web_module_loads_no_torch():
 
 def test_engine_imports_only_its_libraries_and_the_standard_library():
     assert imports_outside(ROOT, "app.engine", ENGINE_LIBRARIES) == []
+
+
+def test_serving_plumbing_imports_only_http_libraries():
+    assert imports_outside(ROOT, "app.serving", SERVING_LIBRARIES) == []
 
 
 def test_the_app_packages_import_each_other_without_a_cycle():

@@ -66,7 +66,7 @@ def test_analyze_json_prints_each_activation_as_its_shortest_float32(engines, ar
     import numpy as np
     import orjson
 
-    from app.json_response import json_bytes
+    from app.serving.json_response import json_bytes
 
     engine = engines[arch]
     result = orjson.loads(json_bytes(engine.analyze(PROMPT, top_k=5)))

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from fastapi.testclient import TestClient
 
-from app.asgi import Hooks
+from app.serving.asgi import Hooks
 
 
 def make_app(seen: list) -> FastAPI:

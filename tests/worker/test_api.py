@@ -179,7 +179,7 @@ def test_request_ids_and_json_logs(client, caplog):
     import json as _json
     import logging
 
-    from app.request_log import JSONLines
+    from app.serving.request_log import JSONLines
 
     with caplog.at_level(logging.INFO, logger="saex.requests"):
         r = client.post("/v1/analyze?secret=1", json={"text": "my private prompt", "top_k": 2})
@@ -238,7 +238,7 @@ def test_time_budget_counts_time_in_the_queue(engine):
 
 
 def test_json_bodies_refuse_non_finite_numbers():
-    from app.json_response import FastJSON
+    from app.serving.json_response import FastJSON
 
     assert FastJSON({"a": [1.5, None], "b": "null"}).body == b'{"a":[1.5,null],"b":"null"}'
     for bad in ({"a": [float("nan")]}, {"a": {"b": float("inf")}}):

@@ -1,4 +1,4 @@
-"""The serving processes' memory settings (app/memory.py), each in a fresh interpreter: freed memory is reused
+"""The serving processes' memory settings (app/serving/memory.py), each in a fresh interpreter: freed memory is reused
 instead of faulting in again, and the start-up objects are out of the garbage collector's walks."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.process  # each check runs in a fresh interpreter
 MALLOC_ROUNDS = """
 import ctypes, json, resource, sys
 if sys.argv[1] == "keep":
-    from app.memory import keep_freed_memory
+    from app.serving.memory import keep_freed_memory
     assert keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
@@ -63,7 +63,7 @@ def test_a_worker_analysis_faults_no_memory_in_and_a_full_collection_walks_no_st
         import gc, json, resource
         from app.cli import _engine_from_settings
         from app.config import load_settings
-        from app.memory import freeze_loaded_objects
+        from app.serving.memory import freeze_loaded_objects
         from app.training.evaluate import dashboard_sequences
 
         engine = _engine_from_settings(load_settings())

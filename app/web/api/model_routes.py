@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from app import protocol as P
-from app.compression import accepts_gzip
-from app.json_response import FastJSON, JSONBytes
+from app.serving.compression import accepts_gzip
+from app.serving.json_response import FastJSON, JSONBytes
 from app.store import results
 from app.web.auth import CallerDep
 from app.web.deps import SessionDep, SettingsDep

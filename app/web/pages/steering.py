@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app import protocol as P
-from app.api_errors import field_path
+from app.serving.api_errors import field_path
 from app.store import results
 from app.web.api.model_routes import WorkerDep
 from app.web.auth import CallerDep, csrf_protect

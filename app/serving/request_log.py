@@ -12,7 +12,7 @@ import uuid
 from fastapi import FastAPI, Request
 from starlette.datastructures import MutableHeaders
 
-from app.asgi import Hooks
+from app.serving.asgi import Hooks
 
 log = logging.getLogger("saex.requests")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.asgi import Hooks
-from app.request_log import install_request_log
+from app.serving.asgi import Hooks
+from app.serving.request_log import install_request_log
 
 log = logging.getLogger("saex")
 
