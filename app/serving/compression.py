@@ -2,10 +2,11 @@
 at a level picked for CPU, on every path or only on some; knows nothing of torch or storage.
 
 GZIP_LEVEL: the worker's answer to a 128-token all-layer analysis at GPT-2-Small shape (12 SAEs of 24,576
-latents, top 10) is 650 KB of JSON. Measured on it (benchmarks/scale_analyze.py, 2-core VM): level 1 writes 120 KB
-in 3.7 ms, level 6 100 KB in 15.7 ms, level 9 95 KB in 78 ms; decompressing takes 1.4 ms at every level. Level 6
-saves 20 KB for 12 ms more of a core, a gain only where the link is slower than ~13 Mbit/s: level 1. Bodies of 128
-KiB and more are compressed on a thread (zlib lets go of the GIL), not on the event loop.
+latents, top 10) is 650 KB of JSON. Measured on it (benchmarks/scale_analyze.py, 2-core VM, quiet): level 1 writes
+120 KB in 3.4 ms, level 6 100 KB in 10.1 ms, level 9 95 KB in 51 ms; decompressing takes 1.4 ms at any level.
+Level 6 saves 20 KB for 6.7 ms more of a core: sooner on the client only over links slower than ~24 Mbit/s, and
+never on the worker-to-web-app hop, so level 1. Bodies of 128 KiB and more are compressed on a thread (zlib lets
+go of the GIL), not on the event loop.
 """
 
 from __future__ import annotations
