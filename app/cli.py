@@ -24,8 +24,7 @@ def _engine_from_settings(settings):
     use_offline_hub()
     model = load_model(settings.model_spec(), settings.device)
     saes = attach_saes(model, settings.sae_specs(), settings.device)
-    name = "demo" if settings.model is None else Path(settings.model).name or settings.model
-    return Engine(model, saes, name)
+    return Engine(model, saes, settings.served_slug(), settings.sae_set)
 
 
 def _serve(app, executor=None, **config) -> int:
@@ -60,14 +59,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device,
-                                 threads=args.threads, queue_size=args.queue_size)
+                                 threads=args.threads, queue_size=args.queue_size, model_slug=args.model_slug,
+                                 sae_set=args.sae_set)
         engine = _engine_from_settings(settings)
     except (LoadError, ValueError) as exc:
         print(f"saex worker: {exc}", file=sys.stderr)
         return 2
     info = engine.info()
-    print(f"saex worker: {info['model']['name']} with SAEs on layers {[s['layer'] for s in info['saes']]}, "
-          f"serving on http://{args.host}:{args.port}", file=sys.stderr)
+    saes = ", ".join(f"{s['id']} (layer {s['layer']})" for s in info["saes"])
+    print(f"saex worker: model {info['model']['name']!r}, SAE set {engine.sae_set!r}: {saes}; serving on "
+          f"http://{args.host}:{args.port}", file=sys.stderr)
     executor = MainThreadExecutor()
     app = create_worker_app(engine, settings.queue_size, settings.time_budget_s, executor)
     # our own JSON request log replaces uvicorn's access log, which prints query strings
@@ -81,7 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device,
-                                 worker_urls=args.worker_url, queue_size=args.queue_size, threads=args.threads)
+                                 worker_urls=args.worker_url, queue_size=args.queue_size, threads=args.threads,
+                                 model_slug=args.model_slug, sae_set=args.sae_set)
         upgrade(settings.resolved_database_url)
         engine, worker_app, executor = None, None, None
         if not settings.worker_urls:  # the embedded default: an in-process worker, missing dashboards built behind it
@@ -116,10 +118,10 @@ def _start_dashboard_build(engine, settings, args: argparse.Namespace):
 
     factory = make_sessionmaker(make_engine(settings.resolved_database_url))
     with transaction(factory) as session:
-        register(session, engine, settings.model_slug)  # feature pages can say "not built yet" from the start
-        run_id = start_run(session, model_slug=settings.model_slug).id
-    argv = build_command(run_id, tokens=args.dashboard_tokens, model_slug=settings.model_slug, model=args.model,
-                         saes=args.sae, config=args.config, device=args.device)
+        register(session, engine, engine.name)  # feature pages can say "not built yet" from the start
+        run_id = start_run(session, model_slug=engine.name).id
+    argv = build_command(run_id, tokens=args.dashboard_tokens, model_slug=engine.name, model=args.model,
+                         saes=args.sae, config=args.config, device=args.device, sae_set=engine.sae_set)
     return BackgroundBuild(factory, run_id, argv)
 
 
@@ -133,7 +135,7 @@ def _ensure_dashboards(engine, settings, tokens: int) -> None:
     corpus, name = load_corpus(engine, "stdlib", tokens)
     db = make_engine(settings.resolved_database_url)
     build(engine, make_sessionmaker(db), corpus, BuildParams(corpus=name, tokens=int(corpus.numel())),
-          model_slug=settings.model_slug, work_dir=settings.data_dir / "builds")
+          model_slug=engine.name, work_dir=settings.data_dir / "builds")
     db.dispose()
 
 
@@ -172,7 +174,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
         os.nice(args.nice)
     try:
         settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device,
-                                 threads=args.threads)
+                                 threads=args.threads, model_slug=args.model_slug, sae_set=args.sae_set)
     except ValueError as exc:
         print(f"saex dashboards: {exc}", file=sys.stderr)
         return 2
@@ -199,9 +201,9 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
         pass_fn = ray_pass(settings, address=args.ray_address or "auto", shards=args.shards)
     params = BuildParams(corpus=name, tokens=int(corpus.numel()))
-    run = run or RunRecorder.start(factory, model_slug=args.model_slug)
+    run = run or RunRecorder.start(factory, model_slug=engine.name)
     try:
-        summary = build(engine, factory, corpus, params, model_slug=args.model_slug, layers=layers,
+        summary = build(engine, factory, corpus, params, model_slug=engine.name, layers=layers,
                         batch_size=args.batch_size, work_dir=settings.data_dir / "builds", pass_fn=pass_fn,
                         stats_memory_bytes=int(args.stats_memory_gb * 2**30),
                         checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet, on_progress=run)
@@ -284,8 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="model folder or TransformerLens name (default: the embedded demo)")
-        p.add_argument("--sae", action="append", help="SAE folder, Kissane .pt file or release:id; repeat per layer")
+        p.add_argument("--sae", action="append", help="SAE folder, Kissane .pt file or release:id, or id=any of "
+                       "those to give it an id (default id: L<layer>); repeat per layer")
         p.add_argument("--config", type=Path, help="TOML file with the same settings (model, saes, device, ...)")
+        p.add_argument("--model-slug", help="the model's name in URLs, the API and the store (default: 'demo', or "
+                       "the model folder's name)")
+        p.add_argument("--sae-set", help="the name of this set of SAEs (default: 'default')")
 
     w = sub.add_parser("worker", help="serve the model-backed API (/v1/...)")
     model_args(w)
@@ -330,7 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stats-memory-gb", type=float, default=4.0,
                    help="memory for the statistics of the layers sharing one corpus pass; layers beyond it take "
                    "further passes (GPT-2 Small's 24,576-feature SAEs: 0.5 GB a layer)")
-    b.add_argument("--model-slug", default="demo", help="the model's name in URLs")
     b.add_argument("--device", choices=["cpu", "cuda"])
     b.add_argument("--ray", action="store_true", help="run corpus shards as tasks on the Ray cluster ('auto')")
     b.add_argument("--ray-address", help="address of an existing Ray cluster")

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     time_budget_s: float = Field(default=60.0, gt=0, le=3600, description="the most one worker request may take, "
                                  "queueing included; past it the worker answers 503 (steering stops between tokens)")
     worker_urls: list[str] = Field(default_factory=list, description="inference workers the web app uses")
-    model_slug: str = Field(default="demo", description="the served model's name in URLs and in the store")
+    model_slug: str | None = Field(default=None, description="a worker's name for its model, in URLs, in the API's "
+                                   "`model` field and in the store; default: 'demo', or the model folder's name")
+    sae_set: str = Field(default="default", description="a worker's name for its set of SAEs (one per layer at "
+                         "most); several sets of one model are served by several workers")
     secret_key: str | None = Field(default=None, description="signs browser sessions; default: a random key kept in "
                                    "data_dir (set it when several web processes serve)")
     read_requires_sign_in: bool = Field(default=False, description="pages and API reads need a signed-in browser "
@@ -46,6 +49,13 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'saex.db').resolve()}"
 
+    def served_slug(self) -> str:
+        """The model's name: model_slug, else 'demo' for the embedded default, else the folder's (or name's) last
+        part."""
+        if self.model_slug:
+            return self.model_slug
+        return "demo" if self.model is None else Path(self.model.rstrip("/")).name or self.model
+
     def model_spec(self) -> str:
         return self.model or str(DEMO_DIR / "model")
 
@@ -53,7 +63,8 @@ class Settings(BaseSettings):
         if self.saes:
             return self.saes
         if self.model:
-            raise ValueError("a model was named without SAEs: name one SAE per layer with --sae")
+            raise ValueError("a model was named without SAEs: name one SAE per layer with --sae (id=folder to "
+                             "give it an id)")
         return [str(p) for p in sorted((DEMO_DIR / "saes").glob("L*")) if p.is_dir()]
 
 

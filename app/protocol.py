@@ -3,9 +3,10 @@ and the web app's worker client; knows nothing of torch, HTTP frameworks or stor
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 MAX_TEXT_CHARS = 100_000  # far past any context; longer bodies are refused before tokenising
 
@@ -23,6 +24,16 @@ def _bool_only(value):
     return value
 
 
+SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # model names, SAE ids and SAE set names: one URL segment
+
+
+def _slug(value: str) -> str:
+    if not SLUG.match(value):
+        raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+Slug = Annotated[str, AfterValidator(_slug)]
 Int = Annotated[int, BeforeValidator(_no_text_or_bool)]
 Float = Annotated[float, BeforeValidator(_no_text_or_bool)]
 Bool = Annotated[bool, BeforeValidator(_bool_only)]
@@ -51,13 +62,17 @@ class ModelInfo(Reply):
     prepends_bos: bool = True
 
 
+DEFAULT_SAE_SET = "default"
+
+
 class SAEInfo(Reply):
-    id: str
+    id: str  # unique within its model; several SAEs (of several sets) may sit on one layer
     layer: int
     hook_name: str
     d_sae: int
     architecture: str
     source: str = ""
+    set: str = DEFAULT_SAE_SET  # the SAE set it belongs to (one worker hosts one set of one model)
 
 
 class InfoResponse(Reply):
@@ -65,7 +80,22 @@ class InfoResponse(Reply):
     saes: list[SAEInfo]
 
 
-class TextRequest(Body):
+class ServedModel(ModelInfo):
+    """One entry of GET /api/v1/models: a model and every SAE its workers host, of every set."""
+
+    saes: list[SAEInfo]
+
+
+class HeadScoresResponse(Reply):
+    induction: list[list[float]]  # [layer][head]
+    previous_token: list[list[float]]
+
+
+class ModelBody(Body):
+    model: Slug | None = Field(default=None, description="the model to ask; null: the deployment's first model")
+
+
+class TextRequest(ModelBody):
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the prompt")
 
 
@@ -82,6 +112,7 @@ class AnalyzeRequest(TextRequest):
     top_k: Int = Field(default=10, ge=1, le=256, description="features kept per token")
     head_contributions: Bool = Field(default=False, description="also give each listed feature's per-head "
                                      "contributions z_{t,h} · W_enc[h-slice, f] as `heads`")
+    set: Slug | None = Field(default=None, description="the SAE set to analyse with; null: the model's first")
 
 
 class FeatureActivation(Reply):
@@ -102,8 +133,15 @@ class AnalyzeResponse(TokenizeResponse):
 
 
 class FeatureRequest(TextRequest):
-    layer: Int = Field(ge=0)
+    layer: Int | None = Field(default=None, ge=0, description="the SAE's layer (or name the SAE by sae_id)")
     feature: Int = Field(ge=0)
+    sae_id: Slug | None = Field(default=None, description="the SAE; null: the layer's SAE of the model's first set")
+
+    @model_validator(mode="after")
+    def _names_an_sae(self) -> FeatureRequest:
+        if self.layer is None and self.sae_id is None:
+            raise ValueError("name the SAE: give its layer or its sae_id")
+        return self
 
 
 class FeatureTraceResponse(TokenizeResponse):
@@ -132,10 +170,19 @@ class DFAResponse(TokenizeResponse):
 # --- steering ----------------------------------------------------------------------------------------------------
 
 
+# add: latent += value; clamp: latent = value; ablate: latent = 0. The one list of modes: forms offer these, the
+# contract accepts these, and the engine's tests hold its implementation to them.
+SteerMode = Literal["add", "clamp", "ablate"]
+STEER_MODES: tuple[str, ...] = get_args(SteerMode)
+
+
 class InterventionSpec(Body):
+    """One steering edit: the one shape a steering spec has from the form to the engine (which reads these fields
+    as they are, see app/engine/steering.py's Intervention)."""
+
     layer: Int = Field(ge=0)
     feature: Int = Field(ge=0)
-    mode: Literal["add", "clamp", "ablate"] = "add"
+    mode: SteerMode = "add"
     value: Float = Field(default=0.0, ge=-1e6, le=1e6)
     heads: list[Int] | None = Field(default=None, min_length=1, max_length=1024, description="null: all heads")
     positions: list[Int] | None = Field(default=None, min_length=1, max_length=100_000,
@@ -148,6 +195,7 @@ class SteerRequest(TextRequest):
     seed: Int = Field(default=0, ge=0, le=MAX_SEED)
     top_logprobs: Int = Field(default=5, ge=0, le=20)
     interventions: list[InterventionSpec] = Field(default_factory=list, max_length=64)
+    set: Slug | None = Field(default=None, description="the SAE set whose SAEs the edits use; null: the model's first")
 
 
 class TokenLogprob(Reply):

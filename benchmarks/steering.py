@@ -56,7 +56,7 @@ def measure_steering(engine: Engine, iters: int) -> dict:
     """Engine.steer against TransformerLens's generate x2 on this engine, `iters` shuffled turns."""
     model = engine.model
     layer = sorted(engine.saes)[len(engine.saes) // 2]
-    spec = {"layer": layer, "feature": 17, "mode": "add", "value": 8.0}
+    spec = Intervention(layer, 17, "add", 8.0)
     ids = engine.encode_text(PROMPT)
     edit = LayerEdit(engine.saes[layer], [Intervention(layer, 17, "add", 8.0)], ids.shape[1])
 

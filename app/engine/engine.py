@@ -9,7 +9,7 @@ deadline raises OverBudget.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -43,10 +43,13 @@ MAX_TOP_LOGPROBS = 20
 
 
 class Engine:
-    def __init__(self, model: HookedTransformer, saes: list[AttnSAE], name: str) -> None:
+    """A model and one SAE set: at most one SAE per layer, each with an id unique within the model (several sets of
+    one model are several engines, in several workers)."""
+
+    def __init__(self, model: HookedTransformer, saes: list[AttnSAE], name: str, sae_set: str = "default") -> None:
         if not saes:
             raise ValueError("an engine needs at least one SAE")
-        self.model, self.name = model, name
+        self.model, self.name, self.sae_set = model, name, sae_set
         self.saes: dict[int, AttnSAE] = {s.layer: s for s in saes}
         self.device = next(model.parameters()).device
         self.prepend_bos = bool(model.cfg.default_prepend_bos)
@@ -91,7 +94,8 @@ class Engine:
                       "d_model": cfg.d_model, "n_ctx": cfg.n_ctx, "d_vocab": cfg.d_vocab,
                       "prepends_bos": self.prepend_bos},
             "saes": [{"id": s.sae_id, "layer": s.layer, "hook_name": s.hook_name, "d_sae": s.d_sae,
-                      "architecture": s.architecture, "source": s.source} for s in self.saes.values()],
+                      "architecture": s.architecture, "source": s.source, "set": self.sae_set}
+                     for s in self.saes.values()],
         }
 
     def to_str(self, ids: list[int]) -> list[str]:
@@ -127,6 +131,12 @@ class Engine:
         if layer not in self.saes:
             raise NotFound(f"there is no SAE on layer {layer}; layers with SAEs: {sorted(self.saes)}")
         return self.saes[layer]
+
+    def sae_named(self, sae_id: str) -> AttnSAE:
+        for sae in self.saes.values():
+            if sae.sae_id == sae_id:
+                return sae
+        raise NotFound(f"there is no SAE {sae_id!r} here; SAEs: {[s.sae_id for s in self.saes.values()]}")
 
     def check_feature(self, sae: AttnSAE, feature: int) -> None:
         if not 0 <= feature < sae.d_sae:
@@ -216,9 +226,11 @@ class Engine:
 
     # --- steering ---------------------------------------------------------------------------------------------
 
-    def steer(self, text: str, interventions: list[dict], max_new_tokens: int = 32, temperature: float = 0.0,
-              seed: int = 0, top_logprobs: int = 5, deadline: float | None = None) -> dict:
-        """deadline: a time.monotonic() value past which generation stops with OverBudget."""
+    def steer(self, text: str, interventions: Sequence[Intervention], max_new_tokens: int = 32,
+              temperature: float = 0.0, seed: int = 0, top_logprobs: int = 5, deadline: float | None = None) -> dict:
+        """interventions: Intervention, or anything with its fields (the worker hands over the contract's
+        InterventionSpec objects as they came); each is checked against this model here. deadline: a
+        time.monotonic() value past which generation stops with OverBudget."""
         if not 0 <= max_new_tokens <= self.model.cfg.n_ctx:
             raise Invalid(f"max_new_tokens must be between 0 and the context, {self.model.cfg.n_ctx}; "
                           f"got {max_new_tokens}")
@@ -248,22 +260,22 @@ class Engine:
             }
         return runs
 
-    def _intervention(self, spec: dict, prompt_len: int) -> Intervention:
-        sae = self.sae(int(spec["layer"]))
-        feature = int(spec["feature"])
+    def _intervention(self, spec: Intervention, prompt_len: int) -> Intervention:
+        sae = self.sae(int(spec.layer))
+        feature = int(spec.feature)
         self.check_feature(sae, feature)
-        mode = spec.get("mode", "add")
+        mode = spec.mode
         if mode not in MODES:
             raise Invalid(f"mode must be one of {MODES}, got {mode!r}")
-        value = float(spec.get("value") or 0.0)
+        value = float(spec.value or 0.0)
         if not math.isfinite(value):
             raise Invalid(f"value must be a finite number, got {value}")
-        heads = spec.get("heads")
+        heads = spec.heads
         if heads is not None:
             bad = [h for h in heads if not 0 <= h < sae.n_heads]
             if bad or not heads:
                 raise Invalid(f"heads must be a non-empty list of heads 0 to {sae.n_heads - 1}; got {heads}")
-        positions = spec.get("positions")
+        positions = spec.positions
         if positions is not None:
             bad = [p for p in positions if not 0 <= p < prompt_len]
             if bad or not positions:

@@ -25,6 +25,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from app.engine.saes import SUPPORTED_ARCHITECTURES, SUPPORTED_NORMALIZATIONS, AttnSAE
 
 HOOK_Z = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
+NAMED_SPEC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})=(.+)$")  # id=spec: an SAE with an id of its own
 
 
 class LoadError(ValueError):
@@ -183,12 +184,24 @@ def realign(module: torch.nn.Module) -> None:
             param.data = param.data.clone()
 
 
+def split_sae_spec(spec: str) -> tuple[str | None, str]:
+    """'id=spec' -> (id, spec); a plain spec (a folder, a .pt file, release:id) -> (None, spec). A path that exists
+    is a plain spec even when its name holds '='."""
+    match = NAMED_SPEC.match(spec)
+    if match is None or Path(spec).exists():
+        return None, spec
+    return match.group(1), match.group(2)
+
+
 def attach_saes(model: HookedTransformer, specs: list[str], device: str = "cpu") -> list[AttnSAE]:
-    """Load every SAE and check it sits on hook_z of this model with d_in = n_heads·d_head, one per layer."""
+    """Load every SAE and check it sits on hook_z of this model with d_in = n_heads·d_head, one per layer. A spec
+    `id=folder` names its SAE; otherwise its id is L{layer}."""
     out: list[AttnSAE] = []
     by_layer: dict[int, str] = {}
+    ids: set[str] = set()
     n_heads, d_head = model.cfg.n_heads, model.cfg.d_head
-    for spec in specs:
+    for named in specs:
+        sae_id, spec = split_sae_spec(named)
         sae, source = read_sae(spec, device)
         hook = sae.cfg.metadata.hook_name
         layer = _check_hook(hook, source)
@@ -198,9 +211,14 @@ def attach_saes(model: HookedTransformer, specs: list[str], device: str = "cpu")
             raise LoadError(f"SAE {source}: d_in is {sae.cfg.d_in}, but hook_z of this model has n_heads·d_head = "
                             f"{n_heads}·{d_head} = {n_heads * d_head}")
         if layer in by_layer:
-            raise LoadError(f"SAE {source} and SAE {by_layer[layer]} both sit on layer {layer}: give one per layer")
+            raise LoadError(f"SAE {source} and SAE {by_layer[layer]} both sit on layer {layer}: give one per layer "
+                            "(an SAE set); serve another set from another worker")
         by_layer[layer] = source
+        sae_id = sae_id or f"L{layer}"
+        if sae_id in ids:
+            raise LoadError(f"two SAEs are named {sae_id!r}: SAE ids must be unique")
+        ids.add(sae_id)
         sae.eval()
         realign(sae)
-        out.append(AttnSAE(sae_id=f"L{layer}", layer=layer, sae=sae, n_heads=n_heads, d_head=d_head, source=source))
+        out.append(AttnSAE(sae_id=sae_id, layer=layer, sae=sae, n_heads=n_heads, d_head=d_head, source=source))
     return sorted(out, key=lambda s: s.layer)

@@ -24,7 +24,7 @@ from transformer_lens.utilities.tokenize_utils import get_attention_mask
 from app.engine.features import flat_z
 from app.engine.saes import AttnSAE
 
-MODES = ("add", "clamp", "ablate")
+MODES = ("add", "clamp", "ablate")  # what LayerEdit implements; tests hold it to the contract's STEER_MODES
 DEFAULT, STEERED = 0, 1  # the batch rows of `generate`
 
 
@@ -34,6 +34,9 @@ class OverBudget(RuntimeError):
 
 @dataclass(frozen=True)
 class Intervention:
+    """One edit, checked against the model (Engine.steer builds these from the contract's InterventionSpec, whose
+    fields are these)."""
+
     layer: int
     feature: int
     mode: str  # add (a += value), clamp (a = value) or ablate (a = 0)

@@ -24,12 +24,13 @@ NICE = 10  # the build yields the CPU to the server's own requests
 
 
 def build_command(run_id: int, *, tokens: int, model_slug: str, model: str | None = None,
-                  saes: list[str] | None = None, config: Path | None = None, device: str | None = None) -> list[str]:
+                  saes: list[str] | None = None, config: Path | None = None, device: str | None = None,
+                  sae_set: str | None = None) -> list[str]:
     """The child's command line: the same model and SAEs as the server, recording into run `run_id`."""
     argv = [sys.executable, "-m", "app.cli", "dashboards", "build", "--corpus", "stdlib", "--tokens", str(tokens),
             "--model-slug", model_slug, "--threads", "1", "--nice", str(NICE), "--quiet", "--run-id", str(run_id),
             "--parent-pid", str(os.getpid())]
-    for flag, value in (("--model", model), ("--config", config), ("--device", device)):
+    for flag, value in (("--model", model), ("--config", config), ("--device", device), ("--sae-set", sae_set)):
         if value is not None:
             argv += [flag, str(value)]
     for sae in saes or []:

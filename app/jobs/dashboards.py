@@ -191,7 +191,8 @@ def register(session: Session, engine: Engine, model_slug: str) -> dict[int, obj
                          config=info["model"])
     put_tokens(session, model=model, texts=engine.to_str(list(range(engine.model.cfg.d_vocab))))
     return {s["layer"]: upsert_sae(session, model=model, slug=s["id"], layer=s["layer"], hook_name=s["hook_name"],
-                                   d_sae=s["d_sae"], architecture=s["architecture"], source=s["source"])
+                                   d_sae=s["d_sae"], architecture=s["architecture"], source=s["source"],
+                                   sae_set=s["set"])
             for s in info["saes"]}
 
 

@@ -79,14 +79,14 @@ def upsert_model(session: Session, *, slug: str, name: str, source: str, config:
 
 
 def upsert_sae(session: Session, *, model: ModelRecord, slug: str, layer: int, hook_name: str, d_sae: int,
-               architecture: str, source: str, metrics: dict | None = None) -> SAERecord:
+               architecture: str, source: str, metrics: dict | None = None, sae_set: str = "default") -> SAERecord:
     record = session.scalar(select(SAERecord).where(SAERecord.model_id == model.id, SAERecord.slug == slug))
     if record is None:
         record = SAERecord(model_id=model.id, slug=slug, layer=layer, hook_name=hook_name, d_sae=d_sae,
-                           architecture=architecture, source=source, metrics=metrics or {})
+                           architecture=architecture, source=source, metrics=metrics or {}, sae_set=sae_set)
         session.add(record)
     else:
-        record.layer, record.hook_name, record.d_sae = layer, hook_name, d_sae
+        record.layer, record.hook_name, record.d_sae, record.sae_set = layer, hook_name, d_sae, sae_set
         record.architecture, record.source = architecture, source
         if metrics is not None:
             record.metrics = metrics

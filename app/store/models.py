@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     LargeBinary,
     MetaData,
     String,
@@ -52,17 +53,21 @@ class ModelRecord(Base):
     config: Mapped[dict]  # n_layers, n_heads, d_head, d_model, n_ctx, d_vocab
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    saes: Mapped[list[SAERecord]] = relationship(back_populates="model", order_by="SAERecord.layer")
+    saes: Mapped[list[SAERecord]] = relationship(back_populates="model",
+                                                 order_by="(SAERecord.sae_set, SAERecord.layer)")
 
 
 class SAERecord(Base):
     __tablename__ = "saes"
-    __table_args__ = (UniqueConstraint("model_id", "slug"), UniqueConstraint("model_id", "layer"))
+    # several SAEs may sit on one layer (of several sets); the slug names one within its model
+    __table_args__ = (UniqueConstraint("model_id", "slug"),
+                      Index("ix_saes_model_id_layer", "model_id", "layer"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     slug: Mapped[str] = mapped_column(String(64))  # the {sae} of URLs and sae_id of the API, e.g. "L1"
     layer: Mapped[int]
+    sae_set: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     hook_name: Mapped[str] = mapped_column(String(200))
     d_sae: Mapped[int]
     architecture: Mapped[str] = mapped_column(String(32))

@@ -85,7 +85,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         if exc.status_code < 400 or path.startswith(("/api/", "/static/")) or path in ("/health", "/ready"):
             return await http_error_json(request, exc)
         title = TITLES.get(exc.status_code, "Something went wrong")
-        return render(request, "error.html", {"message": http_error_detail(exc), "model_slug": settings.model_slug,
+        return render(request, "error.html", {"message": http_error_detail(exc), "model_slug": settings.served_slug(),
                                               "title": title}, status_code=exc.status_code,
                       headers=getattr(exc, "headers", None))
 
@@ -93,7 +93,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     async def _not_found(request: Request, exc: NotFound):
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": str(exc)}, status_code=404)
-        return render(request, "error.html", {"message": str(exc), "model_slug": settings.model_slug},
+        return render(request, "error.html", {"message": str(exc), "model_slug": settings.served_slug()},
                       status_code=404)
 
     app.include_router(model_routes.router)

@@ -116,6 +116,30 @@ async def compute(worker: Worker, fn: Callable[[], dict], single_pass_over: str 
         raise HTTPException(422, str(exc)) from exc
 
 
+def hosts(engine: Engine, body: P.ModelBody, sae_set: str | None = None) -> None:
+    """404 unless this worker hosts the model (and SAE set) a body names: a web app that routed it here by mistake,
+    or a client at the wrong worker, is told which one it reached."""
+    if body.model is not None and body.model != engine.name:
+        raise HTTPException(404, f"this worker serves model {engine.name!r}, not {body.model!r}")
+    if sae_set is not None and sae_set != engine.sae_set:
+        raise HTTPException(404, f"this worker serves SAE set {engine.sae_set!r} of model {engine.name!r}, "
+                                 f"not {sae_set!r}")
+
+
+def sae_layer(engine: Engine, body: P.FeatureRequest) -> int:
+    """The layer of the SAE a feature request names, by its id or its layer (both must agree)."""
+    hosts(engine, body)
+    if body.sae_id is None:
+        return body.layer
+    try:
+        sae = engine.sae_named(body.sae_id)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    if body.layer is not None and body.layer != sae.layer:
+        raise HTTPException(404, f"SAE {sae.sae_id!r} sits on layer {sae.layer}, not {body.layer}")
+    return sae.layer
+
+
 def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float = 60.0,
                       executor: Executor | None = None) -> FastAPI:
     """time_budget_s: the most one request may take, queueing included; steering stops between tokens when it
@@ -142,32 +166,37 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
     async def info(w: WorkerDep) -> dict:
         return w.engine.info()
 
-    @app.get("/v1/head-scores")
+    @app.get("/v1/head-scores", response_model=P.HeadScoresResponse)
     async def head_scores(w: WorkerDep) -> Response:
         """Per layer and head: induction and previous-token scores on repeated random tokens."""
         return await compute(w, w.engine.head_scores)
 
     @app.post("/v1/tokenize", response_model=P.TokenizeResponse, responses=ERRORS)
     async def tokenize(body: P.TextRequest, w: WorkerDep) -> Response:
+        hosts(w.engine, body)
         return await compute(w, lambda: w.engine.tokenize(body.text), body.text)
 
     @app.post("/v1/analyze", response_model=P.AnalyzeResponse, responses=ERRORS)
     async def analyze(body: P.AnalyzeRequest, w: WorkerDep) -> Response:
+        hosts(w.engine, body, body.set)
         return await compute(w, lambda: w.engine.analyze(body.text, body.layers, body.top_k, body.head_contributions),
                              body.text)
 
     @app.post("/v1/feature-trace", response_model=P.FeatureTraceResponse, responses=ERRORS)
     async def feature_trace(body: P.FeatureRequest, w: WorkerDep) -> Response:
-        return await compute(w, lambda: w.engine.feature_trace(body.text, body.layer, body.feature), body.text)
+        layer = sae_layer(w.engine, body)
+        return await compute(w, lambda: w.engine.feature_trace(body.text, layer, body.feature), body.text)
 
     @app.post("/v1/dfa", response_model=P.DFAResponse, responses=ERRORS)
     async def dfa(body: P.DFARequest, w: WorkerDep) -> Response:
-        return await compute(w, lambda: w.engine.dfa(body.text, body.layer, body.feature, body.position), body.text)
+        layer = sae_layer(w.engine, body)
+        return await compute(w, lambda: w.engine.dfa(body.text, layer, body.feature, body.position), body.text)
 
     @app.post("/v1/steer", response_model=P.SteerResponse, responses=ERRORS)
     async def steer(body: P.SteerRequest, w: WorkerDep) -> Response:
-        edits = [i.model_dump() for i in body.interventions]
+        """The contract's InterventionSpec objects go to the engine as they are (its fields are the engine's)."""
+        hosts(w.engine, body, body.set)
         deadline = time.monotonic() + w.budget_s
-        return await compute(w, lambda: w.engine.steer(body.text, edits, body.max_new_tokens, body.temperature,
-                                                       body.seed, body.top_logprobs, deadline))
+        return await compute(w, lambda: w.engine.steer(body.text, body.interventions, body.max_new_tokens,
+                                                       body.temperature, body.seed, body.top_logprobs, deadline))
     return app

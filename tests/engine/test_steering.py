@@ -35,8 +35,7 @@ def engines(tiny_engines) -> dict[str, Engine]:
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_add_zero_is_identity(engines, arch, temperature):
     engine = engines[arch]
-    edits = [{"layer": 0, "feature": 3, "mode": "add", "value": 0.0},
-             {"layer": 1, "feature": 7, "mode": "add", "value": 0.0, "heads": [1], "positions": [1, 2]}]
+    edits = [Intervention(0, 3, "add", 0.0), Intervention(1, 7, "add", 0.0, heads=(1,), positions=(1, 2))]
     out = engine.steer(PROMPT, edits, max_new_tokens=12, temperature=temperature, seed=3, top_logprobs=3)
     assert out["default"]["token_ids"] == out["steered"]["token_ids"]
     assert out["default"]["logprobs"] == out["steered"]["logprobs"]  # exact floats: bit-for-bit
@@ -110,10 +109,10 @@ def test_heads_and_positions_limit_the_edit(engines):
 def test_positions_none_reaches_generated_tokens(engines):
     """With positions null the edit applies to generated tokens too; with prompt positions it does not."""
     engine = engines["standard"]
-    big = [{"layer": 1, "feature": 9, "mode": "add", "value": 200.0}]
+    big = [Intervention(1, 9, "add", 200.0)]
     last = len(engine.tokenize(PROMPT)["tokens"]) - 1
     everywhere = engine.steer(PROMPT, big, max_new_tokens=6)
-    at_prompt = engine.steer(PROMPT, [{**big[0], "positions": [last]}], max_new_tokens=6)
+    at_prompt = engine.steer(PROMPT, [Intervention(1, 9, "add", 200.0, positions=(last,))], max_new_tokens=6)
     assert everywhere["steered"]["token_ids"] != everywhere["default"]["token_ids"]
     # the first generated token depends only on the prompt, edited the same at `last`... unless other positions
     # matter: compare the logprobs of later tokens, which differ only through generated positions
@@ -258,3 +257,21 @@ def test_default_row_equals_transformer_lens_cached_generate(engines, demo_engin
             theirs = engine.model.generate(ids, max_new_tokens=10, do_sample=False, use_past_kv_cache=True,
                                            stop_at_eos=False, verbose=False)
         assert default.token_ids == theirs[0, ids.shape[1]:].tolist()
+
+
+def test_the_engine_implements_exactly_the_contracts_modes():
+    """The list of modes is the contract's (app/protocol.py); the engine implements each of them and no other."""
+    from app.protocol import STEER_MODES
+
+    assert MODES == STEER_MODES
+
+
+def test_the_contracts_intervention_spec_goes_to_the_engine_as_it_is(engines):
+    """The worker hands the contract's InterventionSpec objects to the engine unconverted: same result as the
+    engine's own Intervention."""
+    from app.protocol import InterventionSpec
+
+    engine = engines["standard"]
+    spec = InterventionSpec(layer=1, feature=9, mode="clamp", value=30.0, heads=[0, 2], positions=[1])
+    ours = Intervention(1, 9, "clamp", 30.0, heads=(0, 2), positions=(1,))
+    assert engine.steer(PROMPT, [spec], max_new_tokens=4) == engine.steer(PROMPT, [ours], max_new_tokens=4)

@@ -72,12 +72,12 @@ def test_gpu_engine_agrees_with_the_cpu_engine(cuda_engines, tiny_engines, arch)
 
 
 def test_steering_on_the_gpu(cuda_engines):
+    from app.engine.steering import Intervention
+
     engine = cuda_engines["standard"]
-    out = engine.steer(PROMPT, [{"layer": 1, "feature": 5, "mode": "add", "value": 0.0, "heads": None,
-                                 "positions": None}], 12, 0.0, 0, 3)
+    out = engine.steer(PROMPT, [Intervention(1, 5, "add", 0.0)], 12, 0.0, 0, 3)
     assert out["default"]["tokens"] == out["steered"]["tokens"]  # add 0 is the identity, on the GPU too
-    pushed = engine.steer(PROMPT, [{"layer": 1, "feature": 5, "mode": "clamp", "value": 50.0, "heads": [0, 2],
-                                    "positions": None}], 12, 0.0, 0, 3)
+    pushed = engine.steer(PROMPT, [Intervention(1, 5, "clamp", 50.0, heads=(0, 2))], 12, 0.0, 0, 3)
     assert pushed["default"]["tokens"] == out["default"]["tokens"]
     assert len(pushed["steered"]["tokens"]) == 12
 

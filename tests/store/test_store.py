@@ -43,10 +43,23 @@ def dashboard(index: int, scale: float = 1.0) -> FeatureDashboard:
 
 
 def test_migrations_built_the_schema(db_engine):
-    assert current_revision(db_engine) == "0002"
+    assert current_revision(db_engine) == "0003"
     tables = set(inspect(db_engine).get_table_names())
     assert {"models", "saes", "tokens", "features", "examples", "explanations", "saved_results", "api_keys",
             "dashboard_builds", "dashboard_runs"} <= tables
+
+
+def test_several_saes_on_one_layer_each_known_by_its_id(session, sae):
+    """SAE sets: a wider SAE on the same layer of the same model, its own dashboards under its own id."""
+    wide = upsert_sae(session, model=sae.model, slug="L1-wide", layer=1, hook_name="blocks.1.attn.hook_z", d_sae=64,
+                      architecture="topk", source="saes/wide/L1", sae_set="wide")
+    write_features(session, sae=wide, build_id=start_build(session, sae=wide, params={}).id,
+                   dashboards=[dashboard(7, scale=2.0)])
+    write_features(session, sae=sae, build_id=start_build(session, sae=sae, params={}).id, dashboards=[dashboard(7)])
+    found = find_sae(session, sae_slug="L1-wide", model_slug="demo")
+    assert (found.id, found.sae_set, found.layer) == (wide.id, "wide", 1) and sae.sae_set == "default"
+    assert read_dashboard(session, sae=found, feature=7)["max_activation"] == 4.5
+    assert read_dashboard(session, sae=sae, feature=7)["max_activation"] == 2.25
 
 
 def test_dashboard_round_trip(session, sae):
@@ -153,4 +166,4 @@ def test_upgrade_creates_a_fresh_sqlite_data_directory(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'fresh' / 'data' / 'saex.db'}"
     upgrade(url)
-    assert current_revision(make_engine(url)) == "0002"
+    assert current_revision(make_engine(url)) == "0003"

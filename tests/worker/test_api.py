@@ -306,3 +306,28 @@ def test_pass_flops_is_what_an_analysis_multiplies(engine):
         with FlopCounterMode(display=False) as counter:
             engine.analyze(text)
         assert counter.get_total_flops() == engine.pass_flops(tokens)
+
+
+def test_a_worker_names_its_model_its_sae_set_and_each_sae(tiny_model_dir, sae_dirs):
+    """`--model-slug`, `--sae-set` and `--sae id=folder` reach /v1/info; bodies naming another model or set are a
+    404 that says which this worker serves, and a feature request may name its SAE by id instead of layer."""
+    model = load_model(str(tiny_model_dir))
+    specs = [f"narrow-{i}={p}" for i, p in enumerate(sae_dirs["standard"])]
+    with TestClient(create_worker_app(Engine(model, attach_saes(model, specs), "tiny-b", "narrow"))) as c:
+        info = c.get("/v1/info").json()
+        assert info["model"]["name"] == "tiny-b"
+        assert [(s["id"], s["layer"], s["set"]) for s in info["saes"]] == [("narrow-0", 0, "narrow"),
+                                                                           ("narrow-1", 1, "narrow")]
+        by_id = c.post("/v1/feature-trace", json={"text": PROMPT, "sae_id": "narrow-1", "feature": 3,
+                                                  "model": "tiny-b"})
+        by_layer = c.post("/v1/feature-trace", json={"text": PROMPT, "layer": 1, "feature": 3})
+        assert by_id.status_code == 200 and by_id.json() == by_layer.json()
+        assert c.post("/v1/dfa", json={"text": PROMPT, "sae_id": "narrow-0", "feature": 3, "position": 2}
+                      ).json()["layer"] == 0
+        for body, says in (({"model": "tiny"}, "serves model 'tiny-b'"), ({"set": "wide"}, "SAE set 'narrow'")):
+            r = c.post("/v1/analyze", json={"text": PROMPT, **body})
+            assert r.status_code == 404 and says in r.json()["detail"]
+        r = c.post("/v1/feature-trace", json={"text": PROMPT, "sae_id": "narrow-1", "layer": 0, "feature": 3})
+        assert r.status_code == 404 and "layer 1" in r.json()["detail"]
+        r = c.post("/v1/feature-trace", json={"text": PROMPT, "feature": 3})
+        assert r.status_code == 422 and "layer or its sae_id" in r.json()["detail"]

@@ -81,6 +81,6 @@ async def steer(body: P.SteerRequest, worker: WorkerDep, session: SessionDep, se
         ask_failed(exc)
     if settings.saves_need_sign_in and who is None:
         return FastJSON({**out, "permalink": None})
-    saved = results.save(session, kind="steering", model_slug=settings.model_slug,
+    saved = results.save(session, kind="steering", model_slug=settings.served_slug(),
                          payload={"request": body.model_dump(), "result": out})
     return FastJSON({**out, "permalink": f"/s/{saved.id}"})

@@ -40,7 +40,7 @@ FeaturePath = Annotated[int, Field(ge=0, le=2**31 - 1)]
 @router.get("/saes/{sae_id}/features/{feature}", responses=ERR)
 def feature_dashboard(sae_id: str, feature: FeaturePath, session: SessionDep, settings: SettingsDep) -> dict:
     try:
-        return services.feature_dashboard(session, model_slug=settings.model_slug, sae_id=sae_id, feature=feature)
+        return services.feature_dashboard(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature)
     except services.NotFound as exc:
         raise _not_found(exc) from exc
 
@@ -48,7 +48,7 @@ def feature_dashboard(sae_id: str, feature: FeaturePath, session: SessionDep, se
 @router.get("/saes/{sae_id}/features/{feature}/explanations", responses=ERR)
 def list_explanations(sae_id: str, feature: FeaturePath, session: SessionDep, settings: SettingsDep) -> list[dict]:
     try:
-        return services.list_explanations(session, model_slug=settings.model_slug, sae_id=sae_id, feature=feature)
+        return services.list_explanations(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature)
     except services.NotFound as exc:
         raise _not_found(exc) from exc
 
@@ -58,7 +58,7 @@ def list_explanations(sae_id: str, feature: FeaturePath, session: SessionDep, se
 def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn, session: SessionDep,
                     settings: SettingsDep, key: WriterDep) -> dict:
     try:
-        return services.add_explanation(session, model_slug=settings.model_slug, sae_id=sae_id, feature=feature,
+        return services.add_explanation(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature,
                                         text=body.text, author=key.name, source=body.source, score=body.score)
     except services.NotFound as exc:
         raise _not_found(exc) from exc
@@ -69,7 +69,7 @@ def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn, sess
 def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath, body: ExplanationEdit,
                      session: SessionDep, settings: SettingsDep, key: WriterDep) -> dict:
     try:
-        return services.edit_explanation(session, model_slug=settings.model_slug, sae_id=sae_id, feature=feature,
+        return services.edit_explanation(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature,
                                          explanation_id=explanation_id, text=body.text)
     except services.NotFound as exc:
         raise _not_found(exc) from exc
@@ -80,7 +80,7 @@ def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeatureP
 def delete_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath, session: SessionDep,
                        settings: SettingsDep, key: WriterDep) -> Response:
     try:
-        services.remove_explanation(session, model_slug=settings.model_slug, sae_id=sae_id, feature=feature,
+        services.remove_explanation(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature,
                                     explanation_id=explanation_id)
     except services.NotFound as exc:
         raise _not_found(exc) from exc
@@ -92,4 +92,4 @@ def search_explanations(session: SessionDep, settings: SettingsDep,
                         q: Annotated[str, Query(min_length=1, max_length=500)],
                         limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
     return {"query": q,
-            "results": services.search_explanations(session, model_slug=settings.model_slug, q=q, limit=limit)}
+            "results": services.search_explanations(session, model_slug=settings.served_slug(), q=q, limit=limit)}

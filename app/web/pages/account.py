@@ -24,7 +24,7 @@ def safe_next(target: str) -> str:
 @router.get("/sign-in", response_class=HTMLResponse)
 def sign_in_form(request: Request, settings: SettingsDep,
                  next: Annotated[str, Query(max_length=2000)] = "/") -> Response:
-    return render(request, "sign_in.html", {"model_slug": settings.model_slug, "next": safe_next(next)})
+    return render(request, "sign_in.html", {"model_slug": settings.served_slug(), "next": safe_next(next)})
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
@@ -34,7 +34,7 @@ def sign_in(request: Request, session: SessionDep, settings: SettingsDep,
     record = keys.verify(session, key=api_key.strip())
     if record is None:
         return render(request, "sign_in.html", {
-            "model_slug": settings.model_slug, "next": safe_next(next),
+            "model_slug": settings.served_slug(), "next": safe_next(next),
             "error": "That API key is unknown or revoked: paste the whole key (saex_...) an admin made for you with "
                      "`saex keys create --name YOU`."}, status_code=403)
     start_session(request, record)

@@ -20,7 +20,7 @@ ReturnTo = Annotated[str, Query(max_length=2000, pattern=r"^/([^/\\\s]\S*)?$")]
 @router.get("/{model}/build", response_class=HTMLResponse)
 def build_page(request: Request, model: str, session: SessionDep, settings: SettingsDep,
                return_to: ReturnTo = "") -> Response:
-    if model != settings.model_slug:
-        raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    if model != settings.served_slug():
+        raise services.NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
     return render(request, "build.html", {"model_slug": model, "return_to": return_to,
                                           "build": services.build_status(session, model_slug=model)})

@@ -53,12 +53,12 @@ async def features_on_text(worker, session, model_slug: str, text: str, limit: i
 async def search(request: Request, worker: WorkerDep, session: SessionDep, settings: SettingsDep,
                  q: Annotated[str, Query(max_length=500)] = "",
                  text: Annotated[str, Query(max_length=MAX_TEXT_CHARS)] = "") -> Response:
-    ctx = {"model_slug": settings.model_slug, "q": q, "text": text, "hits": None, "firing": None, "error": None}
+    ctx = {"model_slug": settings.served_slug(), "q": q, "text": text, "hits": None, "firing": None, "error": None}
     if q.strip():
-        ctx["hits"] = services.search_explanations(session, model_slug=settings.model_slug, q=q, limit=50)
+        ctx["hits"] = services.search_explanations(session, model_slug=settings.served_slug(), q=q, limit=50)
     if text.strip():
         try:
-            ctx["firing"] = await features_on_text(worker, session, settings.model_slug, text)
+            ctx["firing"] = await features_on_text(worker, session, settings.served_slug(), text)
         except (WorkerError, WorkerUnavailable) as exc:
             ctx["error"] = exc.detail
         except services.NotFound as exc:
@@ -70,8 +70,8 @@ async def search(request: Request, worker: WorkerDep, session: SessionDep, setti
 async def head_page(request: Request, model: str, layer: Annotated[int, Path(ge=0, le=1000)],
                     head: Annotated[int, Path(ge=0, le=1000)], worker: WorkerDep, session: SessionDep,
                     settings: SettingsDep) -> Response:
-    if model != settings.model_slug:
-        raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    if model != settings.served_slug():
+        raise services.NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
     sae = services.sae_or_404(session, sae_id=f"L{layer}", model_slug=model)
     rows = session.execute(select(FeatureRecord.index, FeatureRecord.head_attribution, FeatureRecord.density)
                            .where(FeatureRecord.sae_id == sae.id)).all()

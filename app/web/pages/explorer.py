@@ -72,7 +72,7 @@ async def explore(worker: WorkerClient, session, model_slug: str, text: str, lay
 
 
 def page_context(ctx: dict, settings, saved_id: str | None = None) -> dict:
-    return {**ctx, "model_slug": settings.model_slug, "state_url": state_url, "saved_id": saved_id,
+    return {**ctx, "model_slug": settings.served_slug(), "state_url": state_url, "saved_id": saved_id,
             "max_chars": MAX_TEXT_CHARS}
 
 
@@ -82,7 +82,7 @@ async def explorer(request: Request, worker: WorkerDep, session: SessionDep, set
                    layer: Annotated[int | None, Query(ge=0, le=1000)] = None,
                    feature: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
                    pos: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> Response:
-    ctx = await explore(worker, session, settings.model_slug, text, layer, feature, pos)
+    ctx = await explore(worker, session, settings.served_slug(), text, layer, feature, pos)
     status = 503 if ctx.get("retry_after") else 200
     return render(request, "explorer.html", page_context(ctx, settings), status_code=status)
 
@@ -98,7 +98,7 @@ async def save_analysis(request: Request, session: SessionDep, settings: Setting
         if request.headers.get("HX-Request") == "true":
             return Response(status_code=204, headers={"HX-Redirect": target})
         return RedirectResponse(target, status_code=303)
-    saved = results.save(session, kind="analysis", model_slug=settings.model_slug,
+    saved = results.save(session, kind="analysis", model_slug=settings.served_slug(),
                          payload={"text": text, "layer": layer, "feature": feature, "pos": pos})
     target = f"/p/{saved.id}"
     if request.headers.get("HX-Request") == "true":
@@ -113,6 +113,6 @@ async def saved_analysis(request: Request, result_id: str, worker: WorkerDep, se
     if saved is None:
         raise HTTPException(404, f"there is no saved analysis {result_id!r}")
     p = saved.payload
-    ctx = await explore(worker, session, settings.model_slug, p["text"], p.get("layer"), p.get("feature"),
+    ctx = await explore(worker, session, settings.served_slug(), p["text"], p.get("layer"), p.get("feature"),
                         p.get("pos"))
     return render(request, "explorer.html", page_context(ctx, settings, saved_id=result_id))

@@ -59,8 +59,8 @@ def feature_context(session: Session, model_slug: str, sae_id: str, feature: int
 @router.get("/{model}/{sae_id}/{feature}", response_class=HTMLResponse)
 def feature_page(request: Request, model: str, sae_id: str, feature: Feature, session: SessionDep,
                  settings: SettingsDep) -> Response:
-    if model != settings.model_slug:
-        raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    if model != settings.served_slug():
+        raise services.NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
     return render(request, "feature.html", feature_context(session, model, sae_id, feature))
 
 
@@ -71,8 +71,8 @@ def change_explanation_form(request: Request, model: str, sae_id: str, feature: 
                             action: Annotated[str, Form(pattern="^(edit|delete)$")],
                             text: Annotated[str, Form(max_length=MAX_TEXT)] = "") -> Response:
     """Edit or delete one explanation from the feature page; needs a signed-in session like every write."""
-    if model != settings.model_slug:
-        raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    if model != settings.served_slug():
+        raise services.NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
     if who is None:
         ctx = feature_context(session, model, sae_id, feature)
         return render(request, "explanations.html", {**ctx, "form_error": SIGN_IN}, status_code=401)
@@ -95,8 +95,8 @@ def add_explanation_form(request: Request, model: str, sae_id: str, feature: Fea
                          settings: SettingsDep, who: CallerDep,
                          text: Annotated[str, Form(min_length=1, max_length=MAX_TEXT)]) -> Response:
     """The feature page's explanation form: needs a signed-in session (the author is the key's name)."""
-    if model != settings.model_slug:
-        raise services.NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    if model != settings.served_slug():
+        raise services.NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
     ctx = feature_context(session, model, sae_id, feature)
     if who is None:
         return render(request, "explanations.html", {**ctx, "form_error": SIGN_IN, "draft": text}, status_code=401)

@@ -67,8 +67,8 @@ def steer_form_request(text: str, max_new_tokens: int, temperature: float, seed:
 def steer_form(request: Request, model: str, settings: SettingsDep,
                layer: Annotated[int | None, Query(ge=0, le=1000)] = None,
                feature: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> Response:
-    if model != settings.model_slug:
-        raise NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    if model != settings.served_slug():
+        raise NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
     draft = {"text": "", "max_new_tokens": 24, "temperature": 0.0, "seed": 0,
              "interventions": [{"layer": layer if layer is not None else "", "feature": feature if feature is not None
                                 else "", "mode": "add", "value": 8.0, "heads": None, "positions": None}]}
@@ -85,8 +85,8 @@ async def steer_run(request: Request, model: str, worker: WorkerDep, session: Se
                     layer: Annotated[list[str], Form()] = (), feature: Annotated[list[str], Form()] = (),
                     mode: Annotated[list[str], Form()] = (), value: Annotated[list[str], Form()] = (),
                     heads: Annotated[list[str], Form()] = (), positions: Annotated[list[str], Form()] = ()) -> Response:
-    if model != settings.model_slug:
-        raise NotFound(f"this server serves model {settings.model_slug!r}, not {model!r}")
+    if model != settings.served_slug():
+        raise NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
     draft = {"text": text, "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
              "interventions": [{"layer": a, "feature": b, "mode": c, "value": d, "heads": e, "positions": f}
                                for a, b, c, d, e, f in zip(layer, feature, mode, value, heads, positions,
