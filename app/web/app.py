@@ -19,12 +19,13 @@ from app.serving.compression import Compressed
 from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
 from app.web.auth import CookieSigner, install_sessions, session_secret, sign_in_gate
+from app.web.deployment import Deployment
 from app.web.deps import DATABASE_DOWN
 from app.web.pages import account, builds, discover, explorer, feature_pages, steering
 from app.web.pages.render import FRONTEND, render
 from app.web.ratelimit import TokenBuckets
-from app.web.services import NotFound
-from app.web.worker_client import WorkerClient
+from app.web.services.errors import NotFound
+from app.web.worker_client import WorkerError, WorkerUnavailable
 
 # Only the app's own scripts run; styles may be inline (token colours, Plotly's and htmx's own style elements)
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -41,19 +42,20 @@ TITLES = {401: "Sign-in needed", 403: "Not allowed", 404: "Not found", 413: "Too
 
 def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     """worker_app: an in-process worker (an ASGI app) for the embedded default; otherwise the web app talks to
-    settings.worker_urls over HTTP."""
-    db = make_engine(settings.resolved_database_url)
+    settings.worker_urls over HTTP, each hosting a model and SAE set it names in /v1/info."""
+    fallback = settings.served_slug()  # the first model's name while no worker has said which it hosts
     if worker_app is not None:
-        worker = WorkerClient.in_process(worker_app)
+        deployment = Deployment.in_process(worker_app, fallback)
     elif settings.worker_urls:
-        worker = WorkerClient.over_http(settings.worker_urls)
+        deployment = Deployment.over_http(settings.worker_urls, fallback)
     else:
         raise ValueError("the web app needs a worker: give --worker-url, or run the embedded default in-process")
+    db = make_engine(settings.resolved_database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        await worker.close()
+        await deployment.close()
         db.dispose()
 
     signer = CookieSigner(session_secret(settings.secret_key, settings.data_dir), settings.session_hours * 3600)
@@ -64,7 +66,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
                               "(X-API-Key header) or a signed-in browser session with its CSRF token.")
     app.state.settings = settings
     app.state.sessions = make_sessionmaker(db)
-    app.state.worker = worker
+    app.state.deployment = deployment
     app.state.rate_limits = TokenBuckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     app.add_middleware(Compressed, prefixes=("/api/",))  # innermost: the request log's time includes compressing
     install_error_handlers(app)
@@ -85,16 +87,29 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         if exc.status_code < 400 or path.startswith(("/api/", "/static/")) or path in ("/health", "/ready"):
             return await http_error_json(request, exc)
         title = TITLES.get(exc.status_code, "Something went wrong")
-        return render(request, "error.html", {"message": http_error_detail(exc), "model_slug": settings.served_slug(),
+        return render(request, "error.html", {"message": http_error_detail(exc), "model_slug": fallback,
                                               "title": title}, status_code=exc.status_code,
                       headers=getattr(exc, "headers", None))
 
+    def error(request: Request, status: int, detail: str, headers: dict | None = None):
+        """A service's or a worker's error: JSON for the API, a page with the message otherwise."""
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        return render(request, "error.html", {"message": detail, "model_slug": fallback,
+                                              "title": TITLES.get(status, "Something went wrong")},
+                      status_code=status, headers=headers)
+
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound):
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": str(exc)}, status_code=404)
-        return render(request, "error.html", {"message": str(exc), "model_slug": settings.served_slug()},
-                      status_code=404)
+        return error(request, 404, str(exc))
+
+    @app.exception_handler(WorkerError)
+    async def _worker_error(request: Request, exc: WorkerError):  # a worker's 4xx (or busy 503), passed on
+        return error(request, exc.status, exc.detail, exc.headers or None)
+
+    @app.exception_handler(WorkerUnavailable)
+    async def _worker_unavailable(request: Request, exc: WorkerUnavailable):
+        return error(request, 503, exc.detail, {"Retry-After": str(exc.retry_after)})
 
     app.include_router(model_routes.router)
     app.include_router(store_routes.router)
@@ -126,7 +141,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     @app.get("/ready")
     async def ready() -> JSONResponse:
         """Ready to serve: the database answers and at least one worker is healthy (for load balancers)."""
-        checks = {"database": "ok", "workers": await worker.healthy()}
+        checks = {"database": "ok", "workers": await deployment.healthy()}
         try:
             with app.state.sessions() as session:
                 session.execute(text("SELECT 1"))

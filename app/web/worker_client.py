@@ -1,6 +1,8 @@
-"""The web app's one interface to inference workers: JSON over HTTP to one or more worker URLs (spread round-robin
-over healthy workers, failing over when one is down), or to an in-process worker app handed in by the CLI (the
-embedded default). Knows the worker contract (app.protocol), nothing of torch.
+"""The web app's one interface to inference workers: WorkerClient, one typed method per endpoint of the worker
+contract (app.protocol's models in, its models out), over a WorkerPool of workers that host the same model and SAE
+set: JSON over HTTP to their URLs (spread round-robin over healthy workers, failing over when one is down), or to an
+in-process worker app handed in by the CLI (the embedded default). The worker's paths are written here and nowhere
+else on the web side. Knows nothing of torch.
 
 Errors: WorkerError carries a worker's 4xx answer (bad input, passed on as is); WorkerUnavailable means no
 worker could answer (down, busy or timed out), which the web side answers with 503 and Retry-After.
@@ -16,8 +18,21 @@ import zlib
 
 import httpx
 import orjson
+from pydantic import BaseModel, ValidationError
+
+from app import protocol as P
 
 JSON_HEADERS = {"content-type": "application/json"}
+# each endpoint of the worker contract: method, path, answer model
+ENDPOINTS: dict[str, tuple[str, str, type[BaseModel]]] = {
+    "info": ("GET", "/v1/info", P.InfoResponse),
+    "head_scores": ("GET", "/v1/head-scores", P.HeadScoresResponse),
+    "tokenize": ("POST", "/v1/tokenize", P.TokenizeResponse),
+    "analyze": ("POST", "/v1/analyze", P.AnalyzeResponse),
+    "feature_trace": ("POST", "/v1/feature-trace", P.FeatureTraceResponse),
+    "dfa": ("POST", "/v1/dfa", P.DFAResponse),
+    "steer": ("POST", "/v1/steer", P.SteerResponse),
+}
 
 
 class WorkerError(Exception):
@@ -32,32 +47,26 @@ class WorkerUnavailable(Exception):
         self.detail, self.retry_after = detail, retry_after
 
 
-class WorkerClient:
-    """POST/GET JSON to `/v1/...` on the first healthy worker; a worker that fails to connect is skipped for
-    `cooldown` seconds and the request goes to the next one."""
+class WorkerPool:
+    """Workers that host the same model and SAE set: POST/GET JSON on the first healthy one; a worker that fails to
+    connect is skipped for `cooldown` seconds and the request goes to the next one."""
 
     def __init__(self, clients: list[httpx.AsyncClient], names: list[str], cooldown: float = 10.0,
                  timeout: float = 120.0) -> None:
         if not clients:
-            raise ValueError("a worker client needs at least one worker")
+            raise ValueError("a worker pool needs at least one worker")
         self._clients, self.names = clients, names
         self._down_until = [0.0] * len(clients)
         self._next = itertools.cycle(range(len(clients)))
         self.cooldown, self.timeout = cooldown, timeout
 
     @classmethod
-    def over_http(cls, urls: list[str], timeout: float = 120.0) -> WorkerClient:
-        # gzip: a 128-token all-layer analysis at GPT-2-Small shape is 650 KB of JSON, 120 KB gzipped
-        clients = [httpx.AsyncClient(base_url=u.rstrip("/"), timeout=httpx.Timeout(timeout, connect=3.0),
-                                     headers={"Accept-Encoding": "gzip"}) for u in urls]
-        return cls(clients, urls, timeout=timeout)
+    def over_http(cls, urls: list[str], timeout: float = 120.0) -> WorkerPool:
+        return cls([http_client(u, timeout) for u in urls], urls, timeout=timeout)
 
     @classmethod
-    def in_process(cls, worker_app, timeout: float = 120.0) -> WorkerClient:
-        # identity: compressing for a hop inside one process would only cost time at both ends
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=worker_app), base_url="http://worker",
-                                   timeout=timeout, headers={"Accept-Encoding": "identity"})
-        return cls([client], ["in-process worker"], timeout=timeout)
+    def in_process(cls, worker_app, timeout: float = 120.0) -> WorkerPool:
+        return cls([in_process_client(worker_app, timeout)], ["in-process worker"], timeout=timeout)
 
     async def close(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self._clients))
@@ -140,6 +149,61 @@ class WorkerClient:
             except httpx.HTTPError:
                 pass
         return out
+
+
+def http_client(url: str, timeout: float = 120.0) -> httpx.AsyncClient:
+    # gzip: a 128-token all-layer analysis at GPT-2-Small shape is 650 KB of JSON, 120 KB gzipped
+    return httpx.AsyncClient(base_url=url.rstrip("/"), timeout=httpx.Timeout(timeout, connect=3.0),
+                             headers={"Accept-Encoding": "gzip"})
+
+
+def in_process_client(worker_app, timeout: float = 120.0) -> httpx.AsyncClient:
+    # identity: compressing for a hop inside one process would only cost time at both ends
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=worker_app), base_url="http://worker",
+                             timeout=timeout, headers={"Accept-Encoding": "identity"})
+
+
+class WorkerClient:
+    """One typed method per endpoint of the worker contract, over a pool of workers of one model and SAE set. The
+    answers are the contract's models; `passed_on` gives an answer's bytes unread, for the public API."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    async def _call(self, endpoint: str, body: BaseModel | None = None):
+        method, path, answer = ENDPOINTS[endpoint]
+        data = await self.pool.request(method, path, None if body is None else body.model_dump())
+        try:
+            return answer.model_validate(data)
+        except ValidationError as exc:
+            raise WorkerUnavailable(f"a worker's {path} answer does not fit the contract ({exc.error_count()} "
+                                    "problems); is it another version of SAE Explorer?") from exc
+
+    async def info(self) -> P.InfoResponse:
+        return await self._call("info")
+
+    async def head_scores(self) -> P.HeadScoresResponse:
+        return await self._call("head_scores")
+
+    async def tokenize(self, body: P.TextRequest) -> P.TokenizeResponse:
+        return await self._call("tokenize", body)
+
+    async def analyze(self, body: P.AnalyzeRequest) -> P.AnalyzeResponse:
+        return await self._call("analyze", body)
+
+    async def feature_trace(self, body: P.FeatureRequest) -> P.FeatureTraceResponse:
+        return await self._call("feature_trace", body)
+
+    async def dfa(self, body: P.DFARequest) -> P.DFAResponse:
+        return await self._call("dfa", body)
+
+    async def steer(self, body: P.SteerRequest) -> P.SteerResponse:
+        return await self._call("steer", body)
+
+    async def passed_on(self, endpoint: str, body: BaseModel | None, gzip: bool) -> tuple[bytes, str | None]:
+        """The answer of `endpoint` (a key of ENDPOINTS) as the worker sent it, and its Content-Encoding."""
+        method, path, _ = ENDPOINTS[endpoint]
+        return await self.pool.forward(method, path, None if body is None else body.model_dump(), gzip=gzip)
 
 
 def _dumps(body: dict) -> bytes:

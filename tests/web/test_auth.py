@@ -4,6 +4,7 @@ saving results behind sign-in where configured; the session cookie's signature."
 
 from __future__ import annotations
 
+import copy
 import stat
 import time
 
@@ -29,14 +30,16 @@ def lab(tmp_path_factory, tiny_engines):
     upgrade(url)
     db = make_engine(url)
     sessions = make_sessionmaker(db)
+    engine = copy.copy(tiny_engines["standard"])
+    engine.name = "demo"  # the model the store and the worker name alike
     with transaction(sessions) as s:
-        register(s, tiny_engines["standard"], "demo")  # the SAEs exist; no dashboard is needed here
+        register(s, engine, "demo")  # the SAEs exist; no dashboard is needed here
         alice, _ = keys.create_key(s, name="alice")
         bob, bob_record = keys.create_key(s, name="bob")
-    worker = create_worker_app(tiny_engines["standard"])
+    worker = create_worker_app(engine)
 
     def app(**settings):
-        return create_web_app(Settings(database_url=url, model_slug="demo", **settings), worker)
+        return create_web_app(Settings(database_url=url, **settings), worker)
 
     def revoke_bob():
         with transaction(sessions) as s:

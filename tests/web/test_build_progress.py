@@ -29,7 +29,7 @@ POLLS = 'hx-trigger="every 2s"'
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, sae_dirs) -> Engine:
     model = load_model(str(tiny_model_dir))
-    return Engine(model, attach_saes(model, [str(p) for p in sae_dirs["standard"]]), "tiny")
+    return Engine(model, attach_saes(model, [str(p) for p in sae_dirs["standard"]]), "demo")
 
 
 @pytest.fixture

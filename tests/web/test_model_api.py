@@ -15,11 +15,12 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from app import protocol as P
 from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.loading import attach_saes, load_model
 from app.web.app import create_web_app
-from app.web.worker_client import WorkerClient, WorkerError
+from app.web.worker_client import WorkerClient, WorkerError, WorkerPool
 from app.worker.service import create_worker_app
 from tests.conftest import TEXT
 
@@ -92,30 +93,31 @@ def test_an_http_worker_answers_gzipped_and_the_web_app_passes_it_on(worker_app,
     or decoded to parse it; 4xx details still read."""
     from app.store.db import upgrade
 
-    async def ask(client: WorkerClient):
+    async def ask(pool: WorkerPool):
+        client, body = WorkerClient(pool), P.AnalyzeRequest(**LONG)
         try:
-            gz = await client.forward("POST", "/v1/analyze", LONG, gzip=True)
-            plain = await client.forward("POST", "/v1/analyze", LONG, gzip=False)
-            parsed = await client.request("POST", "/v1/analyze", LONG)
+            gz = await client.passed_on("analyze", body, gzip=True)
+            plain = await client.passed_on("analyze", body, gzip=False)
+            parsed = await client.analyze(body)
             with pytest.raises(WorkerError, match="layers with SAEs"):
-                await client.forward("POST", "/v1/analyze", {**LONG, "layers": [5]}, gzip=True)
+                await client.passed_on("analyze", body.model_copy(update={"layers": [5]}), gzip=True)
             return gz, plain, parsed
         finally:
-            await client.close()
+            await pool.close()
 
     url = f"sqlite:///{tmp_path / 'gz.db'}"
     upgrade(url)
     with served(worker_app) as worker_url:
-        client = WorkerClient.over_http([worker_url])
-        assert client._clients[0].headers["accept-encoding"] == "gzip"
-        (gz, gz_encoding), (plain, plain_encoding), parsed = asyncio.run(ask(client))
+        pool = WorkerPool.over_http([worker_url])
+        assert pool._clients[0].headers["accept-encoding"] == "gzip"
+        (gz, gz_encoding), (plain, plain_encoding), parsed = asyncio.run(ask(pool))
         with TestClient(create_web_app(Settings(database_url=url, worker_urls=[worker_url]))) as c:
             with c.stream("POST", "/api/v1/analyze", json=LONG, headers={"Accept-Encoding": "gzip"}) as r:
                 raw = b"".join(r.iter_raw())
             through = c.post("/api/v1/analyze", json=LONG)
     assert gz_encoding == "gzip" and plain_encoding is None
     assert zlib.decompress(gz, wbits=31) == plain and len(gz) < len(plain) / 2
-    assert parsed == orjson.loads(plain)
+    assert parsed == P.AnalyzeResponse.model_validate(orjson.loads(plain))  # typed, the contract's model
     assert r.headers["content-encoding"] == "gzip" and zlib.decompress(raw, wbits=31) == plain
     assert through.content == plain  # httpx decodes it
 
@@ -205,13 +207,15 @@ def test_a_url_that_is_not_a_worker_is_a_clear_503(tmp_path):
 
     class NotAWorker(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (the standard library's name)
-            self.rfile.read(int(self.headers["Content-Length"]))
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
             body = b"<html>an intranet page</html>"
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        do_GET = do_POST  # noqa: N815 (the web app asks /v1/info first)
 
         def log_message(self, *args):
             pass

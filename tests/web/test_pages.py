@@ -28,7 +28,7 @@ def site(tiny_model_dir, sae_dirs, tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('pages') / 'p.db'}"
     upgrade(url)
     model = load_model(str(tiny_model_dir))
-    engine = Engine(model, attach_saes(model, [str(p) for p in sae_dirs["standard"]]), "tiny")
+    engine = Engine(model, attach_saes(model, [str(p) for p in sae_dirs["standard"]]), "demo")
     corpus = torch.randint(1, model.cfg.d_vocab, (6, 40), generator=torch.Generator().manual_seed(3))
     corpus[:, 0] = 0
     db = make_engine(url)
@@ -96,7 +96,7 @@ def test_feature_page_and_explanation_form(site):
     ok = c.post("/demo/L1/5/explanations", data={"text": "fires on <b>foxes</b>", "csrf_token": token})
     assert ok.status_code == 200 and "fires on &lt;b&gt;foxes&lt;/b&gt;" in ok.text and "alice" in ok.text
     assert c.get("/demo/L9/5").status_code == 404
-    assert "not &#39;gpt2&#39;" in c.get("/gpt2/L1/5").text  # escaped like any user input
+    assert "for model &#39;gpt2&#39;" in c.get("/gpt2/L1/5").text  # escaped like any user input
 
 
 def test_vendored_libraries_are_served(site):

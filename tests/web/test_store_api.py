@@ -20,7 +20,7 @@ from app.web.app import create_web_app
 def built(tiny_model_dir, sae_dirs, db_url, db_engine):
     """Dashboards of the tiny model's SAEs, built once per database under a model slug of their own."""
     model = load_model(str(tiny_model_dir))
-    engine = Engine(model, attach_saes(model, [str(p) for p in sae_dirs["standard"]]), "tiny")
+    engine = Engine(model, attach_saes(model, [str(p) for p in sae_dirs["standard"]]), "demo")
     corpus = torch.randint(1, model.cfg.d_vocab, (6, 40), generator=torch.Generator().manual_seed(2))
     corpus[:, 0] = 0
     slug = "api-" + ("pg" if db_url.startswith("postgres") else "lite")

@@ -1,21 +1,23 @@
-"""Store-backed endpoints of the public API (shared/api.md): feature dashboards, explanations and their search.
-Thin: parse, call one service function, answer."""
+"""Store-backed endpoints of the public API (shared/api.md): feature dashboards, explanations and their search,
+each under /api/v1/... (the first model) and /api/v1/models/{model}/... Thin: parse, call one service function,
+answer; the app answers the services' NotFound with a 404."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import protocol as P
 from app.store.explanations import MAX_TEXT
-from app.web import services
 from app.web.auth import WriterDep
-from app.web.deps import SessionDep, SettingsDep
+from app.web.deps import SessionDep
+from app.web.services import discovery, features
 
 router = APIRouter(prefix="/api/v1", tags=["store"], responses=P.error_responses(400, 413, 422, 503))
 ERR = P.error_responses(404)
+WRITE_ERR = {**ERR, **P.error_responses(401, 403)}
 
 
 class ExplanationIn(BaseModel):
@@ -30,66 +32,68 @@ class ExplanationEdit(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_TEXT)
 
 
-def _not_found(exc: services.NotFound) -> HTTPException:
-    return HTTPException(404, str(exc))
-
-
 FeaturePath = Annotated[int, Field(ge=0, le=2**31 - 1)]
+FEATURE = "/saes/{sae_id}/features/{feature}"
+EXPLANATION = FEATURE + "/explanations/{explanation_id}"
 
 
-@router.get("/saes/{sae_id}/features/{feature}", responses=ERR)
-def feature_dashboard(sae_id: str, feature: FeaturePath, session: SessionDep, settings: SettingsDep) -> dict:
-    try:
-        return services.feature_dashboard(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature)
-    except services.NotFound as exc:
-        raise _not_found(exc) from exc
+def both(path: str) -> tuple[str, str]:
+    """A store route's short form (the first model) and its /models/{model} form."""
+    return path, "/models/{model}" + path
 
 
-@router.get("/saes/{sae_id}/features/{feature}/explanations", responses=ERR)
-def list_explanations(sae_id: str, feature: FeaturePath, session: SessionDep, settings: SettingsDep) -> list[dict]:
-    try:
-        return services.list_explanations(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature)
-    except services.NotFound as exc:
-        raise _not_found(exc) from exc
+async def model_slug(request: Request, model: str | None = None) -> str:
+    """The path's model (or ?model=), else the deployment's first."""
+    return model or await request.app.state.deployment.default_name()
 
 
-@router.post("/saes/{sae_id}/features/{feature}/explanations", status_code=201,
-             responses={**ERR, **P.error_responses(401, 403)})
-def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn, session: SessionDep,
-                    settings: SettingsDep, key: WriterDep) -> dict:
-    try:
-        return services.add_explanation(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature,
-                                        text=body.text, author=key.name, source=body.source, score=body.score)
-    except services.NotFound as exc:
-        raise _not_found(exc) from exc
+ModelDep = Annotated[str, Depends(model_slug)]  # resolved here, so that the routes stay plain `def` (on a thread)
 
 
-@router.patch("/saes/{sae_id}/features/{feature}/explanations/{explanation_id}",
-              responses={**ERR, **P.error_responses(401, 403)})
-def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath, body: ExplanationEdit,
-                     session: SessionDep, settings: SettingsDep, key: WriterDep) -> dict:
-    try:
-        return services.edit_explanation(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature,
-                                         explanation_id=explanation_id, text=body.text)
-    except services.NotFound as exc:
-        raise _not_found(exc) from exc
+@router.get(both(FEATURE)[0], responses=ERR)
+@router.get(both(FEATURE)[1], responses=ERR)
+def feature_dashboard(sae_id: str, feature: FeaturePath, session: SessionDep, model: ModelDep) -> dict:
+    return features.feature_dashboard(session, model_slug=model, sae_id=sae_id,
+                                      feature=feature)
 
 
-@router.delete("/saes/{sae_id}/features/{feature}/explanations/{explanation_id}", status_code=204,
-               responses={**ERR, **P.error_responses(401, 403)})
-def delete_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath, session: SessionDep,
-                       settings: SettingsDep, key: WriterDep) -> Response:
-    try:
-        services.remove_explanation(session, model_slug=settings.served_slug(), sae_id=sae_id, feature=feature,
-                                    explanation_id=explanation_id)
-    except services.NotFound as exc:
-        raise _not_found(exc) from exc
+@router.get(both(FEATURE + "/explanations")[0], responses=ERR)
+@router.get(both(FEATURE + "/explanations")[1], responses=ERR)
+def list_explanations(sae_id: str, feature: FeaturePath, session: SessionDep, model: ModelDep) -> list[dict]:
+    return features.list_explanations(session, model_slug=model, sae_id=sae_id,
+                                      feature=feature)
+
+
+@router.post(both(FEATURE + "/explanations")[0], status_code=201, responses=WRITE_ERR)
+@router.post(both(FEATURE + "/explanations")[1], status_code=201, responses=WRITE_ERR)
+def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn,
+                          session: SessionDep, key: WriterDep, model: ModelDep) -> dict:
+    return features.add_explanation(session, model_slug=model, sae_id=sae_id,
+                                    feature=feature, text=body.text, author=key.name, source=body.source,
+                                    score=body.score)
+
+
+@router.patch(both(EXPLANATION)[0], responses=WRITE_ERR)
+@router.patch(both(EXPLANATION)[1], responses=WRITE_ERR)
+def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath,
+                           body: ExplanationEdit, session: SessionDep, key: WriterDep, model: ModelDep) -> dict:
+    return features.edit_explanation(session, model_slug=model, sae_id=sae_id,
+                                     feature=feature, explanation_id=explanation_id, text=body.text)
+
+
+@router.delete(both(EXPLANATION)[0], status_code=204, responses=WRITE_ERR)
+@router.delete(both(EXPLANATION)[1], status_code=204, responses=WRITE_ERR)
+def delete_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath,
+                             session: SessionDep, key: WriterDep, model: ModelDep) -> Response:
+    features.remove_explanation(session, model_slug=model, sae_id=sae_id,
+                                feature=feature, explanation_id=explanation_id)
     return Response(status_code=204)
 
 
-@router.get("/explanations/search")
-def search_explanations(session: SessionDep, settings: SettingsDep,
+@router.get(both("/explanations/search")[0])
+@router.get(both("/explanations/search")[1])
+def search_explanations(session: SessionDep, model: ModelDep,
                         q: Annotated[str, Query(min_length=1, max_length=500)],
                         limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
-    return {"query": q,
-            "results": services.search_explanations(session, model_slug=settings.served_slug(), q=q, limit=limit)}
+    return {"query": q, "results": discovery.search_explanations(
+        session, model_slug=model, q=q, limit=limit)}

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app.web import services
-from app.web.deps import SessionDep, SettingsDep
+from app.web.deps import SessionDep
 from app.web.pages.render import render
+from app.web.services.builds import build_status
 
 router = APIRouter(include_in_schema=False)
 # where the status links once the build is done (the page that embeds it): a path on this site, never another's
@@ -18,9 +18,6 @@ ReturnTo = Annotated[str, Query(max_length=2000, pattern=r"^/([^/\\\s]\S*)?$")]
 
 
 @router.get("/{model}/build", response_class=HTMLResponse)
-def build_page(request: Request, model: str, session: SessionDep, settings: SettingsDep,
-               return_to: ReturnTo = "") -> Response:
-    if model != settings.served_slug():
-        raise services.NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
+def build_page(request: Request, model: str, session: SessionDep, return_to: ReturnTo = "") -> Response:
     return render(request, "build.html", {"model_slug": model, "return_to": return_to,
-                                          "build": services.build_status(session, model_slug=model)})
+                                          "build": build_status(session, model_slug=model)})

@@ -11,10 +11,13 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from app.store.explanations import MAX_TEXT
-from app.web import figures, services
+from app.web import figures
 from app.web.auth import CallerDep, csrf_protect
-from app.web.deps import SessionDep, SettingsDep
+from app.web.deps import SessionDep
 from app.web.pages.render import heat, render, show_token
+from app.web.services import features as services
+from app.web.services.builds import build_status
+from app.web.services.errors import NotFound
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
 SIGN_IN = "Sign in to write explanations: your session has ended or the key was revoked."
@@ -42,10 +45,10 @@ def feature_context(session: Session, model_slug: str, sae_id: str, feature: int
            "prev": feature - 1 if feature > 0 else None, "next": feature + 1 if feature + 1 < sae.d_sae else None}
     try:
         d = services.feature_dashboard(session, model_slug=model_slug, sae_id=sae_id, feature=feature)
-    except services.NotFound as exc:
+    except NotFound as exc:
         return {**ctx, "dashboard": None, "missing": str(exc), "explanations": services.list_explanations(
             session, model_slug=model_slug, sae_id=sae_id, feature=feature),
-            "build": services.build_status(session, model_slug=model_slug)}
+            "build": build_status(session, model_slug=model_slug)}
     peak = d["max_activation"] or 1.0
     for ex in d["top_examples"] + d["interval_examples"]:
         ex["spans"] = example_spans(ex, peak)
@@ -57,22 +60,17 @@ def feature_context(session: Session, model_slug: str, sae_id: str, feature: int
 
 
 @router.get("/{model}/{sae_id}/{feature}", response_class=HTMLResponse)
-def feature_page(request: Request, model: str, sae_id: str, feature: Feature, session: SessionDep,
-                 settings: SettingsDep) -> Response:
-    if model != settings.served_slug():
-        raise services.NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
+def feature_page(request: Request, model: str, sae_id: str, feature: Feature, session: SessionDep) -> Response:
     return render(request, "feature.html", feature_context(session, model, sae_id, feature))
 
 
 @router.post("/{model}/{sae_id}/{feature}/explanations/{explanation_id}", response_class=HTMLResponse)
 def change_explanation_form(request: Request, model: str, sae_id: str, feature: Feature,
                             explanation_id: Annotated[int, Path(ge=0, le=2**31 - 1)], session: SessionDep,
-                            settings: SettingsDep, who: CallerDep,
+                            who: CallerDep,
                             action: Annotated[str, Form(pattern="^(edit|delete)$")],
                             text: Annotated[str, Form(max_length=MAX_TEXT)] = "") -> Response:
     """Edit or delete one explanation from the feature page; needs a signed-in session like every write."""
-    if model != settings.served_slug():
-        raise services.NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
     if who is None:
         ctx = feature_context(session, model, sae_id, feature)
         return render(request, "explanations.html", {**ctx, "form_error": SIGN_IN}, status_code=401)
@@ -92,11 +90,9 @@ def change_explanation_form(request: Request, model: str, sae_id: str, feature: 
 
 @router.post("/{model}/{sae_id}/{feature}/explanations", response_class=HTMLResponse)
 def add_explanation_form(request: Request, model: str, sae_id: str, feature: Feature, session: SessionDep,
-                         settings: SettingsDep, who: CallerDep,
+                         who: CallerDep,
                          text: Annotated[str, Form(min_length=1, max_length=MAX_TEXT)]) -> Response:
     """The feature page's explanation form: needs a signed-in session (the author is the key's name)."""
-    if model != settings.served_slug():
-        raise services.NotFound(f"this server serves model {settings.served_slug()!r}, not {model!r}")
     ctx = feature_context(session, model, sae_id, feature)
     if who is None:
         return render(request, "explanations.html", {**ctx, "form_error": SIGN_IN, "draft": text}, status_code=401)

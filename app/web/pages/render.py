@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
@@ -58,3 +58,10 @@ def render(request: Request, template: str, context: dict, status_code: int = 20
     return templates.TemplateResponse(request, template, {
         **context, "fragment": fragment, "csrf_token": browser.csrf if browser else "",
         "signed_in_as": browser.name if browser else None}, status_code=status_code, headers=headers)
+
+
+def redirect(request: Request, target: str) -> Response:
+    """After a form's POST: HTMX follows HX-Redirect (a 204), a plain browser a 303 (See Other)."""
+    if request.headers.get("HX-Request") == "true":
+        return Response(status_code=204, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
