@@ -32,7 +32,7 @@ async def explorer_page(request: Request, ctx: dict, deployment, session, saved_
     model = ctx["model"]
 
     def url(base: str = "/", **state) -> str:  # every link keeps the model the page is about
-        return state_url(base, model=model, **state)
+        return state_url(base, **{"model": model, **state})
 
     ctx = {**ctx, "state_url": url, "saved_id": saved_id, "max_chars": MAX_TEXT_CHARS}
     if not ctx["text"]:
