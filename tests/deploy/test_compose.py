@@ -166,3 +166,37 @@ def test_an_unreachable_database_is_a_message_not_a_traceback(tmp_path):
                           env={**os.environ, "DATABASE_URL": f"postgresql+psycopg://saex@127.0.0.1:{free_port()}/x"},
                           timeout=60)
     assert done.returncode == 2 and "cannot use the database" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_two_model_example_gives_each_worker_its_model_and_sae_set(monkeypatch):
+    """docker-compose.models.yml with .env.models.example: each worker's environment is settings that name its model,
+    SAE set and SAE ids (read as `saex worker` reads them), and the web app is pointed at every worker."""
+    from app.engine.loading import split_sae_spec
+
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.models.yml").read_text())
+    example = dict(line.split("=", 1) for line in (REPO_ROOT / ".env.models.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+
+    def fill(value: str) -> str:
+        def one(m: re.Match) -> str:
+            name, sep, default = re.match(r"(\w+)(?:(:-|:\?)(.*))?", m.group(1)).groups()
+            return example.get(name, default if sep == ":-" else "")
+        return re.sub(r"\$\{([^}]+)\}", one, str(value))
+
+    workers = {name: s for name, s in compose["services"].items() if s.get("build", {}).get("target") == "worker"}
+    assert sorted(workers) == ["worker-a", "worker-b"]
+    named = {}
+    for name, service in workers.items():
+        for key in service["environment"]:
+            assert key == "DATABASE_URL" or key.lower().removeprefix("saex_") in Settings.model_fields, key
+        for key, value in service["environment"].items():
+            monkeypatch.setenv(key, fill(value))
+        settings = Settings()
+        named[name] = (settings.served_slug(), settings.sae_set, [split_sae_spec(s)[0] for s in settings.sae_specs()])
+    assert named == {"worker-a": ("gpt2-small", "kissane-24k", ["L0", "L5", "L9"]),
+                     "worker-b": ("ours", "topk-2k", ["ours-L0", "ours-L1"])}
+    web = compose["services"]["web"]
+    assert "saex" in stage("worker") and "worker" in cmd_of("worker")
+    urls = yaml.safe_load(web["environment"]["SAEX_WORKER_URLS"])
+    assert urls == [f"http://{name}:8001" for name in sorted(workers)]
+    assert set(web["depends_on"]) >= set(workers)
