@@ -231,3 +231,96 @@ def error_responses(*codes: int) -> dict[int, dict]:
 
 # the error answers every model-backed endpoint may give, for the OpenAPI documents of worker and web app
 ERROR_RESPONSES = error_responses(400, 404, 413, 422, 429, 503)
+
+
+# --- attention circuits ------------------------------------------------------------------------------------------
+
+
+class GraphRequest(DFARequest):
+    """An attribution graph of one feature's pre-activation at one position (layer or sae_id, feature, position)."""
+
+    max_depth: Int = Field(default=2, ge=1, le=4, description="levels of feature nodes opened, the root included")
+    threshold: Float = Field(default=0.02, ge=0.0, le=1.0, description="links under this share of their target's "
+                             "|value| go to its pruned node")
+    top_n: Int = Field(default=10, ge=1, le=100, description="links kept per node, largest |weight| first")
+
+
+GraphNodeKind = Literal["feature", "token", "position", "sae_error", "attn_out", "mlp", "bias", "pruned"]
+
+
+class GraphNode(Reply):
+    id: str  # f:L:s:g, tok:s, pos:s, sae_error:L:s, attn_out:L:s, mlp:L:s, bias:<target>, pruned:<target>
+    kind: GraphNodeKind
+    layer: int | None = None
+    position: int | None = None
+    feature: int | None = None
+    value: float  # a feature's pre-activation; another node's: the sum of the weights of its links
+
+
+class GraphLink(Reply):
+    source: str
+    target: str
+    weight: float  # the source's contribution to the target; the links into an expanded node sum to its value
+    head: int | None  # the head of the target's layer it passes through; null for bias and pruned
+
+
+class GraphResponse(TokenizeResponse):
+    root: str
+    nodes: list[GraphNode]
+    links: list[GraphLink]
+
+
+MAX_DISCOVERY_PROMPTS = 64  # per side
+
+
+class HeadRef(Body):
+    layer: Int = Field(ge=0)
+    head: Int = Field(ge=0)
+
+
+class DiscoverRequest(ModelBody):
+    positive: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_DISCOVERY_PROMPTS, description="prompts that show the behaviour")
+    negative: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_DISCOVERY_PROMPTS, description="prompts that do not")
+    task: Literal["induction"] | None = Field(default=None, description="a built-in task in place of the lists: "
+                                              "induction = repeated vs non-repeated random tokens")
+    positions: Literal["all", "last"] = Field(default="all", description="codes at every token or the last only")
+    max_edges: Int = Field(default=100, ge=0, le=1000)
+    patching: Bool = Field(default=True, description="also score heads by activation patching (the baseline)")
+    ground_truth: list[HeadRef] | None = Field(default=None, max_length=4096,
+                                               description="the known circuit: ROC-AUC of both scores against it")
+    set: Slug | None = Field(default=None, description="the SAE set whose SAEs give the codes; null: the first")
+
+    @model_validator(mode="after")
+    def _has_prompts(self) -> DiscoverRequest:
+        if self.task is None and (not self.positive or not self.negative):
+            raise ValueError("give positive and negative prompts (at least one of each), or a built-in task")
+        if self.task is not None and (self.positive or self.negative):
+            raise ValueError("give either a built-in task or prompt lists, not both")
+        return self
+
+
+class HeadScore(Reply):
+    layer: int
+    head: int
+    score: float
+
+
+class HeadRefReply(Reply):
+    layer: int
+    head: int
+
+
+class EdgeScore(Reply):
+    source: HeadRefReply
+    target: HeadRefReply
+    score: float
+
+
+class DiscoverResponse(Reply):
+    heads: list[HeadScore]  # highest score first
+    edges: list[EdgeScore]
+    patching: list[HeadScore] | None = None  # the baseline, highest effect first
+    roc_auc: dict[str, float | None] | None = None  # {"codes", "patching"}, when a ground truth was given
+    seconds: dict[str, float]

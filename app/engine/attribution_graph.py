@@ -34,6 +34,7 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from app.engine.saes import AttnSAE
 
+MAX_GRAPH_TOKENS = 256  # prompt length at most: memory and time grow with tokens x active features x layers
 MAX_EXPANDED = 256  # feature nodes opened per graph at most: top_n^depth grows fast, and each costs a pass of matmuls
 
 
@@ -65,9 +66,11 @@ class _Layer:
     # what it writes, for layers below the root's
     W_O: torch.Tensor | None = None  # (head_index·d_head, d_model)
     b_O: torch.Tensor | None = None  # (d_model,)
-    rows: torch.Tensor | None = None  # (n_active, d_in): a_g(s)·W_dec[g] (decoder scale undone) per active (s, g)
+    row_act: torch.Tensor | None = None  # (n_active,) float64: a_g(s) / decoder scale, per active (s, g)
     row_pos: torch.Tensor | None = None  # (n_active,)
     row_feat: torch.Tensor | None = None  # (n_active,)
+    row_uid: torch.Tensor | None = None  # (n_active,): index of its feature in `dirs`
+    dirs: torch.Tensor | None = None  # (n_distinct, d_in) float32: W_dec rows of the features active anywhere
     error: torch.Tensor | None = None  # (pos, d_in): z − SAE reconstruction
     b_dec: torch.Tensor | None = None  # (d_in,)
     attn_out: torch.Tensor | None = None  # (pos, d_model), layers without an SAE
@@ -114,8 +117,10 @@ class _Frozen:
                     a64 = acts.to(d) / sae.dec_scale.to(d)  # what multiplies W_dec[g] in the decoder
                     W_dec, b_dec = sae.W_dec.to(d), sae.sae.b_dec.detach().to(d)
                     s_idx, g_idx = (acts > 0).nonzero(as_tuple=True)
-                    layer.rows = a64[s_idx, g_idx, None] * W_dec[g_idx]
-                    layer.row_pos, layer.row_feat = s_idx, g_idx
+                    uniq, layer.row_uid = g_idx.unique(return_inverse=True)
+                    # the distinct features' rows, not one row per (s, g): T·k rows of d_in doubles would be GBs
+                    layer.dirs = sae.W_dec[uniq]
+                    layer.row_act, layer.row_pos, layer.row_feat = a64[s_idx, g_idx], s_idx, g_idx
                     layer.error = z32.to(d) - (a64 @ W_dec + b_dec)
                     layer.b_dec = b_dec
             if i < top:
@@ -155,11 +160,12 @@ def _incoming(fr: _Frozen, saes: dict[int, AttnSAE], L: int, t: int, f: int) -> 
         add("pos:", fr.pos)
     for i in range(L):
         src = fr.layers[i]
-        if src.rows is not None:
+        if src.row_act is not None:
             M = src.W_O @ u.T  # (d_in, head_index): a unit of z at layer i, read by each head of the target
             keep = src.row_pos <= t
             pos, feat = src.row_pos[keep], src.row_feat[keep]
-            blocks.append((src.rows[keep] @ M) * coef[pos])
+            per_feature = src.dirs.to(d) @ M  # (n_distinct, head_index)
+            blocks.append(src.row_act[keep, None] * per_feature[src.row_uid[keep]] * coef[pos])
             ids.extend(f"f:{i}:{s}:{g}" for s, g in zip(pos.tolist(), feat.tolist(), strict=True))
             blocks.append((src.error[:S] @ M) * coef)
             ids.extend(f"sae_error:{i}:{s}" for s in range(S))

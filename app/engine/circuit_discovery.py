@@ -23,7 +23,11 @@ from transformer_lens import HookedTransformer
 
 from app.engine.saes import AttnSAE
 
-POSITIONS = ("last", "all")
+POSITIONS = ("all", "last")
+TASKS = ("induction",)
+MAX_PROMPTS = 64  # per side
+MAX_EDGES = 1000
+PATCH_PROMPTS = 16  # the patching baseline runs on at most this many positive prompts: n_heads forwards each
 
 
 @dataclass(frozen=True)
@@ -66,15 +70,24 @@ def node_scores(pos_codes: torch.Tensor, neg_codes: torch.Tensor) -> list[float]
 
 
 def edge_scores(pos_codes: torch.Tensor, neg_codes: torch.Tensor) -> dict[tuple[int, int], float]:
-    """Per pair of heads i < j: |P2 − N2| / (|P2| + |N2|) over the code pairs they show together at one token."""
-    out = {}
-    pos, neg = pos_codes.tolist(), neg_codes.tolist()
+    """Per pair of heads i < j: |P2 − N2| / (|P2| + |N2|) over the code pairs they show together at one token.
+    Vectorised per head i: pair (c_i, c_j) of column j is the key (j·D + c_i)·D + c_j, D past the largest code."""
+    D = int(max(pos_codes.max(), neg_codes.max())) + 1
     n_heads = pos_codes.shape[1]
-    for i in range(n_heads):
-        for j in range(i + 1, n_heads):
-            p = {(row[i], row[j]) for row in pos}
-            n = {(row[i], row[j]) for row in neg}
-            out[(i, j)] = len(p - n) / (len(p) + len(n)) if p or n else 0.0
+    out = {}
+    for i in range(n_heads - 1):
+        m = n_heads - i - 1
+        cols = torch.arange(m)
+
+        def keys(codes: torch.Tensor, i=i, cols=cols) -> torch.Tensor:
+            return ((cols * D + codes[:, i, None]) * D + codes[:, i + 1:]).flatten().unique()
+
+        p, n = keys(pos_codes), keys(neg_codes)
+        only_p = p[~torch.isin(p, n)]
+        per_column = [torch.bincount(k // (D * D), minlength=m) for k in (only_p, p, n)]  # keys per column j
+        unique, total = per_column[0], per_column[1] + per_column[2]
+        for j, (u, tot) in enumerate(zip(unique.tolist(), total.tolist(), strict=True)):
+            out[(i, i + 1 + j)] = u / tot if tot else 0.0
     return out
 
 
@@ -141,7 +154,7 @@ def discover(model: HookedTransformer, saes: dict[int, AttnSAE], positive: Seque
         nodes = node_scores(pos_codes, neg_codes)
         edges = edge_scores(pos_codes, neg_codes)
         t_codes = time.perf_counter() - t0
-        patch = patching_scores(model, layers, positive, negative) if patching else None
+        patch = patching_scores(model, layers, positive[:PATCH_PROMPTS], negative) if patching else None
         t_patch = time.perf_counter() - t0 - t_codes
 
     def head_dict(h: Head) -> dict:
@@ -153,7 +166,7 @@ def discover(model: HookedTransformer, saes: dict[int, AttnSAE], positive: Seque
         "heads": [{**head_dict(heads[i]), "score": nodes[i]} for i in ranked],
         "edges": [{"source": head_dict(heads[i]), "target": head_dict(heads[j]), "score": s}
                   for (i, j), s in top_edges],
-        "seconds": {"codes": t_codes},
+        "patching": None, "roc_auc": None, "seconds": {"codes": t_codes},
     }
     if patch is not None:
         out["patching"] = [{**head_dict(heads[i]), "score": patch[i]}

@@ -40,6 +40,8 @@ class Invalid(InputError):
 
 MAX_TOP_K = 256
 MAX_TOP_LOGPROBS = 20
+MAX_GRAPH_DEPTH = 4  # levels of feature nodes a graph opens
+MAX_GRAPH_TOP_N = 100  # links kept per graph node
 
 
 class Engine:
@@ -300,3 +302,65 @@ class Engine:
 
     def reconstruction(self, ids: torch.Tensor) -> list[dict]:
         return reconstruction_metrics(self.model, list(self.saes.values()), ids.to(self.device))
+
+    # --- attention circuits -----------------------------------------------------------------------------------
+
+    def graph(self, text: str, layer: int, feature: int, position: int, max_depth: int = 2, threshold: float = 0.02,
+              top_n: int = 10) -> dict:
+        """The attribution graph of a feature's pre-activation at a position (app/engine/attribution_graph.py)."""
+        from app.engine.attribution_graph import MAX_GRAPH_TOKENS, attribution_graph, unsupported
+
+        sae = self.sae(layer)
+        self.check_feature(sae, feature)
+        if not 1 <= max_depth <= MAX_GRAPH_DEPTH:
+            raise Invalid(f"max_depth must be between 1 and {MAX_GRAPH_DEPTH}, got {max_depth}")
+        if not (math.isfinite(threshold) and 0 <= threshold <= 1):
+            raise Invalid(f"threshold must be a share of a node's value from 0 to 1, got {threshold}")
+        if not 1 <= top_n <= MAX_GRAPH_TOP_N:
+            raise Invalid(f"top_n must be between 1 and {MAX_GRAPH_TOP_N}, got {top_n}")
+        why = unsupported(self.model)
+        if why is not None:
+            raise Invalid(f"attribution graphs need a pre-norm LayerNorm transformer, and here {why}")
+        ids = self.encode_text(text)
+        if ids.shape[1] > MAX_GRAPH_TOKENS:
+            raise TooLong(f"the text is {ids.shape[1]} tokens long; graphs take at most {MAX_GRAPH_TOKENS}: shorten it")
+        if not 0 <= position < ids.shape[1]:
+            raise NotFound(f"position {position} is outside the prompt: its {ids.shape[1]} tokens are at positions "
+                           f"0 to {ids.shape[1] - 1} (BOS included)")
+        saes = {i: s for i, s in self.saes.items() if i <= layer}
+        graph = attribution_graph(self.model, saes, ids, layer, position, feature, max_depth, threshold, top_n)
+        token_ids = ids[0].tolist()
+        return {"tokens": self.to_str(token_ids), "token_ids": token_ids, **graph}
+
+    def discover_circuits(self, positive: Sequence[str] = (), negative: Sequence[str] = (), task: str | None = None,
+                          positions: str = "all", max_edges: int = 100, patching: bool = True,
+                          ground_truth: Sequence | None = None) -> dict:
+        """O'Neill & Bui's circuit discovery (app/engine/circuit_discovery.py) on prompt lists or a built-in task
+        ("induction"); ground_truth: heads (anything with .layer and .head, or (layer, head) pairs)."""
+        from app.engine import circuit_discovery as C
+
+        if task is not None:
+            if task not in C.TASKS:
+                raise Invalid(f"task must be one of {C.TASKS}, got {task!r}")
+            bos = self.model.tokenizer.bos_token_id if self.model.tokenizer is not None else 0
+            pos_ids, neg_ids = C.induction_task(self.model, bos)
+        else:
+            if not positive or not negative:
+                raise Invalid("give at least one positive and one negative prompt, or a built-in task")
+            if max(len(positive), len(negative)) > C.MAX_PROMPTS:
+                raise Invalid(f"at most {C.MAX_PROMPTS} prompts on each side")
+            pos_ids = [self.encode_text(t) for t in positive]
+            neg_ids = [self.encode_text(t) for t in negative]
+        if positions not in C.POSITIONS:
+            raise Invalid(f"positions must be one of {C.POSITIONS}, got {positions!r}")
+        if not 0 <= max_edges <= C.MAX_EDGES:
+            raise Invalid(f"max_edges must be between 0 and {C.MAX_EDGES}, got {max_edges}")
+        truth = None
+        if ground_truth is not None:
+            truth = [C.Head(*h) if isinstance(h, (tuple, list)) else C.Head(int(h.layer), int(h.head))
+                     for h in ground_truth]
+            bad = [h for h in truth if h.layer not in self.saes or not 0 <= h.head < self.model.cfg.n_heads]
+            if bad:
+                raise Invalid(f"ground_truth names heads outside the layers with SAEs {sorted(self.saes)} or heads "
+                              f"0 to {self.model.cfg.n_heads - 1}: {[(h.layer, h.head) for h in bad]}")
+        return C.discover(self.model, self.saes, pos_ids, neg_ids, positions, max_edges, patching, truth)

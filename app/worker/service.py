@@ -199,4 +199,18 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
         deadline = time.monotonic() + w.budget_s
         return await compute(w, lambda: w.engine.steer(body.text, body.interventions, body.max_new_tokens,
                                                        body.temperature, body.seed, body.top_logprobs, deadline))
+
+    @app.post("/v1/graph", response_model=P.GraphResponse, responses=ERRORS)
+    async def graph(body: P.GraphRequest, w: WorkerDep) -> Response:
+        """An attribution graph (recursive DFA) of a feature's pre-activation at a position."""
+        layer = sae_layer(w.engine, body)
+        return await compute(w, lambda: w.engine.graph(body.text, layer, body.feature, body.position, body.max_depth,
+                                                       body.threshold, body.top_n))
+
+    @app.post("/v1/circuits/discover", response_model=P.DiscoverResponse, responses=ERRORS)
+    async def discover_circuits(body: P.DiscoverRequest, w: WorkerDep) -> Response:
+        """Heads and head pairs whose SAE codes tell positive prompts from negative ones (O'Neill & Bui 2024)."""
+        hosts(w.engine, body, body.set)
+        return await compute(w, lambda: w.engine.discover_circuits(
+            body.positive, body.negative, body.task, body.positions, body.max_edges, body.patching, body.ground_truth))
     return app

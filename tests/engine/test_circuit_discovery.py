@@ -55,6 +55,6 @@ def test_last_position_codes_and_invalid_positions(demo):
     model, saes = demo
     positive, negative = induction_task(model, bos=0, n_prompts=4, seq_len=8)
     result = discover(model, saes, positive, negative, positions="last", patching=False)
-    assert "patching" not in result and "roc_auc" not in result
+    assert result["patching"] is None and result["roc_auc"] is None
     with pytest.raises(ValueError, match="positions"):
         discover(model, saes, positive, negative, positions="first")
