@@ -114,15 +114,19 @@ class _Frozen:
                 acts, pre = sae.encode(z32)
                 layer.pre = pre
                 if i < top:
-                    a64 = acts.to(d) / sae.dec_scale.to(d)  # what multiplies W_dec[g] in the decoder
-                    W_dec, b_dec = sae.W_dec.to(d), sae.sae.b_dec.detach().to(d)
                     s_idx, g_idx = (acts > 0).nonzero(as_tuple=True)
                     uniq, layer.row_uid = g_idx.unique(return_inverse=True)
                     # the distinct features' rows, not one row per (s, g): T·k rows of d_in doubles would be GBs
                     layer.dirs = sae.W_dec[uniq]
-                    layer.row_act, layer.row_pos, layer.row_feat = a64[s_idx, g_idx], s_idx, g_idx
-                    layer.error = z32.to(d) - (a64 @ W_dec + b_dec)
-                    layer.b_dec = b_dec
+                    # what multiplies W_dec[g] in the decoder, per active (s, g)
+                    layer.row_act = acts[s_idx, g_idx].to(d) / sae.dec_scale[g_idx].to(d)
+                    layer.row_pos, layer.row_feat = s_idx, g_idx
+                    layer.b_dec = sae.sae.b_dec.detach().to(d)
+                    # the reconstruction from the active rows only: a dense (pos, d_sae) @ (d_sae, d_in) in float64
+                    # was most of a GPT-2-shaped graph's time
+                    recon = torch.zeros_like(z32, dtype=d).index_add_(
+                        0, s_idx, layer.row_act[:, None] * layer.dirs.to(d)[layer.row_uid])
+                    layer.error = z32.to(d) - recon - layer.b_dec
             if i < top:
                 layer.W_O = attn.W_O.to(d).flatten(0, 1)
                 layer.b_O = attn.b_O.to(d)
