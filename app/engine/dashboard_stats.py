@@ -115,15 +115,22 @@ class FeatureStats:
     # --- one batch -------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    def encode(self, z: torch.Tensor) -> BatchActs:
+        """z (B, T, head_index, d_head) -> the batch's activations on the CPU (BOS at t = 0 counts as zero); runs
+        where the SAE lives (a GPU)."""
+        B, T = z.shape[:2]
+        bos = (torch.arange(B * T, device=z.device) % T) == 0
+        return BatchActs(self.sae, z.reshape(B * T, -1), bos).cpu()
+
+    @torch.inference_mode()
     def update(self, ids: torch.Tensor, positions: torch.Tensor, z: torch.Tensor, pattern: torch.Tensor,
-               v: torch.Tensor) -> None:
+               v: torch.Tensor, acts: BatchActs | None = None) -> None:
         """ids, positions (B, T): tokens and their corpus positions (BOS at t = 0 is skipped);
         z, v (B, T, head_index, d_head) and pattern (B, head_index, T, T) at this SAE's layer, on any device: the
-        encode runs where the SAE lives (a GPU), the bookkeeping on the CPU."""
+        encode runs where the SAE lives (a GPU), the bookkeeping on the CPU. acts: encode(z), if already made."""
         ids, positions = ids.cpu(), positions.cpu()
         B, T = ids.shape
-        bos = (torch.arange(B * T, device=z.device) % T) == 0
-        acts = BatchActs(self.sae, z.reshape(B * T, -1), bos).cpu()
+        acts = acts if acts is not None else self.encode(z)
         self.tokens_seen += B * (T - 1)
         rows, feats, val = acts.occurrences()  # everything below works on these alone
         self.fire_count += torch.bincount(feats, minlength=self.sae.d_sae)

@@ -79,25 +79,41 @@ def run_pass(engine: Engine, corpus: torch.Tensor, layers: list[int], batch_size
     bar = tqdm(total=len(rows) * T, initial=(done_rows - rows.start) * T, unit="tok", desc="dashboards: corpus pass",
                disable=not progress, smoothing=0.1)
     batches, last_checkpoint = 0, time.monotonic()
-    for start in range(done_rows, rows.stop, batch_size):
-        ids = corpus[start : min(start + batch_size, rows.stop)].to(engine.device)
-        positions = torch.arange(start * T, start * T + ids.numel(), device=engine.device).view(ids.shape)
-        cache = capture(engine.model, ids, names)
-        for layer in layers:
-            p = f"blocks.{layer}.attn."
-            stats[layer].update(ids, positions, cache[p + "hook_z"], cache[p + "hook_pattern"], cache[p + "hook_v"])
-        bar.update(ids.numel())
-        batches += 1
-        done_rows = start + ids.shape[0]
-        if on_progress is not None:  # every layer of the pass at once
-            on_progress({"phase": "pass", "layer": None, "done": (done_rows - rows.start) * T, "total": len(rows) * T})
-        due = (batches % checkpoint_every == 0 if checkpoint_every else
-               time.monotonic() - last_checkpoint >= checkpoint_seconds)
-        if checkpoint is not None and (due or done_rows >= rows.stop):
-            last_checkpoint = time.monotonic()
-            save_checkpoint(checkpoint, stats, done_rows)
-        if stop_after is not None and batches >= stop_after:  # for tests: a build killed between batches
-            break
+    in_flight: list[Future] = []  # the current batch's bookkeeping, one task per layer
+
+    def settle() -> None:
+        for future in in_flight:
+            future.result()  # an exception in the bookkeeping stops the pass here
+        in_flight.clear()
+
+    # one bookkeeping thread: a layer's statistics are updated in batch order, while the main thread encodes
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboards-bookkeeping") as bookkeeper:
+        for start in range(done_rows, rows.stop, batch_size):
+            ids = corpus[start : min(start + batch_size, rows.stop)].to(engine.device)
+            positions = torch.arange(start * T, start * T + ids.numel(), device=engine.device).view(ids.shape)
+            cache = capture(engine.model, ids, names)
+            settle()  # the previous batch's bookkeeping is done before this one's starts
+            for layer in layers:
+                p = f"blocks.{layer}.attn."
+                acts = stats[layer].encode(cache[p + "hook_z"])
+                # the bookkeeping (much of it single-threaded indexing) runs beside the next layer's encode
+                in_flight.append(bookkeeper.submit(stats[layer].update, ids, positions, cache[p + "hook_z"],
+                                                   cache[p + "hook_pattern"], cache[p + "hook_v"], acts))
+            bar.update(ids.numel())
+            batches += 1
+            done_rows = start + ids.shape[0]
+            if on_progress is not None:  # every layer of the pass at once
+                on_progress({"phase": "pass", "layer": None, "done": (done_rows - rows.start) * T,
+                             "total": len(rows) * T})
+            due = (batches % checkpoint_every == 0 if checkpoint_every else
+                   time.monotonic() - last_checkpoint >= checkpoint_seconds)
+            if checkpoint is not None and (due or done_rows >= rows.stop):
+                settle()
+                last_checkpoint = time.monotonic()
+                save_checkpoint(checkpoint, stats, done_rows)
+            if stop_after is not None and batches >= stop_after:  # for tests: a build killed between batches
+                break
+        settle()
     bar.close()
     for s in stats.values():
         s.flush()
