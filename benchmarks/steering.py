@@ -12,6 +12,7 @@ Prints one JSON object. Targets (issue 13): at most 1.0x TransformerLens's gener
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -89,7 +90,8 @@ def measure_steering(engine: Engine, iters: int) -> dict:
     return {
         "model": {"n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads, "d_vocab": cfg.d_vocab,
                   "d_sae": engine.saes[layer].d_sae, "architecture": engine.saes[layer].architecture},
-        "prompt_tokens": ids.shape[1], "new_tokens": NEW_TOKENS, "intervention": spec, "iters": iters,
+        "prompt_tokens": ids.shape[1], "new_tokens": NEW_TOKENS, "intervention": dataclasses.asdict(spec),
+        "iters": iters,
         "same_tokens_as_transformer_lens": same,
         "p50_ms": {way: round(v, 1) for way, v in p50.items()},
         "ratio_to_transformer_lens": round(p50["engine_steer"] / p50["transformer_lens_generate_x2"], 3),
