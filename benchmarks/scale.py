@@ -165,32 +165,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-WORDS = ("python", "import", "loop", "bracket", "closing", "quote", "number", "variable", "function", "class",
-         "indent", "comment", "string", "list", "dict", "return", "induction", "previous", "token", "name")
+def explanation_words() -> list[str]:
+    """Words for synthetic explanations: the demo tokenizer's whole-word tokens (about 2,000), to be drawn with
+    Zipf frequencies as words in real explanations are (a 20-word vocabulary made every search match a fifth of
+    all rows)."""
+    vocab = json.loads(TOKENIZER.read_text())["model"]["vocab"]
+    words = sorted({w[1:].lower() for w in vocab if w.startswith("Ġ") and w[1:].isalpha() and len(w) > 3})
+    random.Random(0).shuffle(words)  # Zipf ranks at random, not alphabetical
+    return words
+
+
+def zipf_sample(rng: random.Random, words: list[str], n: int) -> list[str]:
+    weights = [1 / (i + 1) for i in range(len(words))]
+    return rng.choices(words, weights=weights, k=n)
 
 
 def ensure_explanations(url: str, model_slug: str) -> int:
-    """One explanation per stored feature (words drawn at random, seeded), inserted once."""
-    from sqlalchemy import func, insert, select
+    """One explanation of 4 to 9 Zipf-drawn words per stored feature (seeded), inserted once."""
+    from sqlalchemy import delete, func, insert, select
 
     from app.store.db import make_engine
     from app.store.models import ExplanationRecord, FeatureRecord, ModelRecord, SAERecord
 
     db = make_engine(url)
-    rng = random.Random(0)
+    rng, words = random.Random(0), explanation_words()
     with db.begin() as conn:
         model_id = conn.scalar(select(ModelRecord.id).where(ModelRecord.slug == model_slug))
         saes = conn.execute(select(SAERecord.id, SAERecord.d_sae).where(SAERecord.model_id == model_id)).all()
-        have = conn.scalar(select(func.count()).select_from(ExplanationRecord)
-                           .where(ExplanationRecord.sae_id.in_([s for s, _ in saes])))
+        ours = ExplanationRecord.sae_id.in_([s for s, _ in saes])
+        conn.execute(delete(ExplanationRecord).where(ours, ExplanationRecord.author == "bench"))  # an older scheme
+        have = conn.scalar(select(func.count()).select_from(ExplanationRecord).where(ours))
         if not have:
             for sae_id, _ in saes:
                 features = conn.scalars(select(FeatureRecord.index).where(FeatureRecord.sae_id == sae_id)).all()
-                rows = [{"sae_id": sae_id, "feature": f, "text": " ".join(rng.sample(WORDS, 4)), "author": "bench",
-                         "source": "human"} for f in features]
+                rows = [{"sae_id": sae_id, "feature": f, "text": " ".join(zipf_sample(rng, words, rng.randint(4, 9))),
+                         "author": "bench-zipf", "source": "human"} for f in features]
                 for i in range(0, len(rows), 5000):
                     conn.execute(insert(ExplanationRecord), rows[i : i + 5000])
-        n = conn.scalar(select(func.count()).select_from(ExplanationRecord))
+        n = conn.scalar(select(func.count()).select_from(ExplanationRecord).where(ours))
     db.dispose()
     return int(n)
 
@@ -205,11 +217,14 @@ def store_bytes(url: str) -> dict:
     with db.connect() as conn:
         features = conn.scalar(select(func.count()).select_from(FeatureRecord))
         out = {"features_stored": int(features)}
+        fired = conn.scalar(select(func.count()).select_from(FeatureRecord).where(FeatureRecord.max_activation > 0))
+        out["features_that_fired"] = int(fired)
         if db.dialect.name == "postgresql":
             size = conn.scalar(text("SELECT pg_database_size(current_database())"))
             tables = conn.scalar(text("SELECT pg_total_relation_size('features') + pg_total_relation_size('examples')"))
             out.update(database_bytes=int(size), bytes_per_feature_database=round(size / max(1, features)),
-                       bytes_per_feature_features_and_examples=round(tables / max(1, features)))
+                       bytes_per_feature_features_and_examples=round(tables / max(1, features)),
+                       bytes_per_fired_feature_features_and_examples=round(tables / max(1, fired)))
     db.dispose()
     return out
 
@@ -255,7 +270,8 @@ def part_store(args) -> dict:
     features = [(rng.randrange(12), rng.randrange(24576)) for _ in range(400)]
     api = [f"/api/v1/saes/L{layer}/features/{f}" for layer, f in features]  # the first model: SAEX_MODEL_SLUG
     pages = [f"/{slug}/L{layer}/{f}" for layer, f in features]
-    searches = [f"/api/v1/explanations/search?q={'+'.join(rng.sample(WORDS, 2))}" for _ in range(100)]
+    words = explanation_words()
+    searches = [f"/api/v1/explanations/search?q={'+'.join(zipf_sample(rng, words, 2))}" for _ in range(100)]
     try:
         for _ in range(600):
             try:
