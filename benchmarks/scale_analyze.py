@@ -79,7 +79,11 @@ def prompt_of(engine, n_tokens: int) -> str:
 def check_equal(body: dict, reference: list) -> None:
     """Our answer against the SAELens way's: the same active counts, and activations that are its float32 values."""
     for layer, (vals, _idx, l0) in zip(body["layers"], reference, strict=True):
-        assert layer["l0"] == l0
+        # the SAELens way splices each SAE in as reconstruction + error, which equals hook_z only to rounding, so
+        # later layers see hook_z off by ~1e-7 and a pre-activation at the ReLU's edge can flip (seen: 1 token of
+        # 512 at layer 5, standard SAEs); ours is TransformerLens's clean forward bit for bit
+        off = [(a, b) for a, b in zip(layer["l0"], l0, strict=True) if a != b]
+        assert all(abs(a - b) <= 1 for a, b in off) and len(off) <= max(1, len(l0) // 100), off
         for row, want in zip(layer["top_features"], vals, strict=True):
             got = [f["activation"] for f in row]
             want = [v for v in want if v > 0]
