@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         part."""
         if self.model_slug:
             return self.model_slug
-        return "demo" if self.model is None else Path(self.model.rstrip("/")).name or self.model
+        if not self.model:  # unset, or empty as compose passes an unset SAEX_MODEL
+            return "demo"
+        return Path(self.model.rstrip("/")).name or self.model
 
     def model_spec(self) -> str:
         return self.model or str(DEMO_DIR / "model")

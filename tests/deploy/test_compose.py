@@ -149,7 +149,8 @@ def test_compose_commands_outside_docker(tmp_path, compose_db):
         assert subprocess.run(healthcheck_of("worker", wport), timeout=30).returncode == 0
         assert subprocess.run(healthcheck_of("web", port), timeout=30).returncode == 0
         c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        assert c.get("/demo/L0/0").status_code == 200  # templates and vendored scripts found in the image's tree
+        page = c.get("/demo/L0/0")
+        assert page.status_code == 200, page.text[:2000]  # templates and vendored scripts found in the image's tree
         assert c.get("/static/vendor/htmx.min.js").status_code == 200
         assert c.post("/api/v1/analyze", json={"text": "import os"}).status_code == 200
         r = c.post("/api/v1/saes/L0/features/0/explanations", json={"text": "from compose"},
@@ -200,3 +201,12 @@ def test_the_two_model_example_gives_each_worker_its_model_and_sae_set(monkeypat
     urls = yaml.safe_load(web["environment"]["SAEX_WORKER_URLS"])
     assert urls == [f"http://{name}:8001" for name in sorted(workers)]
     assert set(web["depends_on"]) >= set(workers)
+
+
+def test_an_empty_model_setting_serves_the_demo_under_its_name():
+    """compose passes SAEX_MODEL through as an empty string when .env leaves it unset: that is the embedded demo,
+    named 'demo' by the worker, the build and the web app alike (an empty name hid every stored dashboard)."""
+    assert Settings(model="").served_slug() == "demo"
+    assert Settings().served_slug() == "demo"
+    assert Settings(model="/models/gpt2-small/").served_slug() == "gpt2-small"
+    assert Settings(model="", model_slug="lab").served_slug() == "lab"
