@@ -32,6 +32,8 @@ ENDPOINTS: dict[str, tuple[str, str, type[BaseModel]]] = {
     "feature_trace": ("POST", "/v1/feature-trace", P.FeatureTraceResponse),
     "dfa": ("POST", "/v1/dfa", P.DFAResponse),
     "steer": ("POST", "/v1/steer", P.SteerResponse),
+    "graph": ("POST", "/v1/graph", P.GraphResponse),
+    "circuits_discover": ("POST", "/v1/circuits/discover", P.DiscoverResponse),
 }
 
 
@@ -199,6 +201,12 @@ class WorkerClient:
 
     async def steer(self, body: P.SteerRequest) -> P.SteerResponse:
         return await self._call("steer", body)
+
+    async def graph(self, body: P.GraphRequest) -> P.GraphResponse:
+        return await self._call("graph", body)
+
+    async def circuits_discover(self, body: P.DiscoverRequest) -> P.DiscoverResponse:
+        return await self._call("circuits_discover", body)
 
     async def passed_on(self, endpoint: str, body: BaseModel | None, gzip: bool) -> tuple[bytes, str | None]:
         """The answer of `endpoint` (a key of ENDPOINTS) as the worker sent it, and its Content-Encoding."""

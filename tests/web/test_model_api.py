@@ -60,6 +60,24 @@ def test_info_analyze_and_dfa_through_the_web(web, worker_app):
     assert len(d["contributions"]) == 4
 
 
+def test_graph_and_circuit_discovery_through_the_web(web, worker_app):
+    """The contract's attention-circuit endpoints under /api/v1 answer what the worker answers, and its 4xx
+    messages come through."""
+    graph = {"text": PROMPT, "layer": 1, "feature": 2, "position": 3, "max_depth": 2, "threshold": 0.0, "top_n": 5}
+    body = web.post("/api/v1/graph", json=graph)
+    assert body.status_code == 200, body.text
+    assert body.json() == TestClient(worker_app).post("/v1/graph", json=graph).json()
+    assert body.json()["root"] == "f:1:3:2" and body.json()["links"]
+    bad = web.post("/api/v1/graph", json={**graph, "position": 999})
+    assert bad.status_code == 404 and "position" in bad.json()["detail"]
+    prompts = {"positive": [PROMPT, PROMPT + PROMPT], "negative": ["a b c d", "one two three"], "patching": False}
+    found = web.post("/api/v1/circuits/discover", json=prompts)
+    assert found.status_code == 200, found.text
+    direct = TestClient(worker_app).post("/v1/circuits/discover", json=prompts).json()
+    assert {**found.json(), "seconds": None} == {**direct, "seconds": None}  # all but the timings
+    assert web.post("/api/v1/circuits/discover", json={"positive": [PROMPT]}).status_code == 422
+
+
 def test_api_answers_are_the_workers_bytes_gzipped_when_the_client_takes_gzip(web, worker_app):
     direct = TestClient(worker_app).post("/v1/analyze", json=LONG, headers={"Accept-Encoding": "identity"})
     assert "content-encoding" not in direct.headers and len(direct.content) > 2048

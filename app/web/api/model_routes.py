@@ -73,6 +73,19 @@ async def dfa(body: P.DFARequest, deployment: DeploymentDep, request: Request) -
     return await pass_on(deployment, request, "dfa", body)
 
 
+@router.post("/graph", dependencies=[RateLimited], response_model=P.GraphResponse, responses=ERRORS)
+async def graph(body: P.GraphRequest, deployment: DeploymentDep, request: Request) -> JSONBytes:
+    """An attribution graph (recursive DFA) of a feature's pre-activation at a position, exact with attention
+    patterns and LayerNorm scales frozen at this prompt."""
+    return await pass_on(deployment, request, "graph", body)
+
+
+@router.post("/circuits/discover", dependencies=[RateLimited], response_model=P.DiscoverResponse, responses=ERRORS)
+async def circuits_discover(body: P.DiscoverRequest, deployment: DeploymentDep, request: Request) -> JSONBytes:
+    """Heads and head pairs whose SAE codes tell the positive prompts from the negative ones (O'Neill & Bui 2024)."""
+    return await pass_on(deployment, request, "circuits_discover", body)
+
+
 @router.post("/steer", dependencies=[RateLimited], response_model=P.SteerResponse,
              responses={**ERRORS, **P.error_responses(403)})
 async def steer(body: P.SteerRequest, deployment: DeploymentDep, session: SessionDep, settings: SettingsDep,
