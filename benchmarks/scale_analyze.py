@@ -28,6 +28,7 @@ from pathlib import Path
 
 import orjson
 import torch
+from analyze_latency import saelens_way  # benchmarks/ is on sys.path: run as a script, or via scale.py
 
 from app.serving.compression import GZIP_LEVEL
 from app.serving.json_response import json_bytes
@@ -35,31 +36,6 @@ from app.training.evaluate import dashboard_sequences
 
 TOP_K = 10  # the request's default
 PROMPT_TOKENS = (128, 512)
-
-
-def saelens_way(engine, top_k: int = TOP_K):
-    """The plain SAELens route to the same numbers (as in benchmarks/analyze_latency.py)."""
-    from sae_lens import HookedSAETransformer
-
-    model = HookedSAETransformer(engine.model.cfg, tokenizer=engine.model.tokenizer)
-    model.load_state_dict(engine.model.state_dict())
-    model.eval()
-    saes = [s.sae for s in engine.saes.values()]
-    for sae in saes:
-        sae.use_error_term = True
-
-    def analyze(text: str) -> list:
-        tokens = model.to_tokens(text)
-        with torch.inference_mode():
-            _, cache = model.run_with_cache_with_saes(tokens, saes=saes)
-        out = []
-        for sae in saes:
-            acts = cache[f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"][0]
-            vals, idx = acts.topk(top_k, dim=-1)
-            out.append((vals.tolist(), idx.tolist(), (acts > 0).sum(-1).tolist()))
-        return out
-
-    return analyze
 
 
 def prompt_of(engine, n_tokens: int) -> str:
@@ -118,7 +94,7 @@ def measure_analyze(engine, reps: int) -> dict:
     saes = [s.sae for s in engine.saes.values()]
     error_terms = [sae.use_error_term for sae in saes]
     try:
-        return _measure(engine, saelens_way(engine), reps)
+        return _measure(engine, saelens_way(engine, TOP_K), reps)
     finally:
         for sae, error_term in zip(saes, error_terms, strict=True):
             sae.use_error_term = error_term

@@ -214,11 +214,7 @@ def generate_uncached(
             if not torch.isfinite(logits).all():
                 raise FloatingPointError("the edited model produced non-finite logits")
             logp = logits.log_softmax(-1)
-            if temperature < 1e-6:  # greedy; also keeps logits / temperature from overflowing
-                nxt = int(logits.argmax())
-            else:
-                probs = ((logits - logits.max()) / temperature).softmax(-1)  # the top logit is 0: never inf - inf
-                nxt = int(torch.multinomial(probs, 1, generator=generator))
+            nxt = int(_next_tokens(logits[None], temperature, [generator])[0])
             top = logp.topk(top_logprobs) if top_logprobs else None
             out.token_ids.append(nxt)
             out.logprobs.append(float(logp[nxt]))

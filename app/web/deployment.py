@@ -20,6 +20,7 @@ from app.web.worker_client import (
     WorkerError,
     WorkerPool,
     WorkerUnavailable,
+    healthy_workers,
     http_client,
     in_process_client,
 )
@@ -176,11 +177,4 @@ class Deployment:
         return served, served.sae_set(sae_set, sae_id).client
 
     async def healthy(self) -> list[str]:
-        out = []
-        for client, name in zip(self._clients, self.names, strict=True):
-            try:
-                if (await client.get("/health", timeout=2.0)).status_code == 200:
-                    out.append(name)
-            except httpx.HTTPError:
-                pass
-        return out
+        return await healthy_workers(self._clients, self.names)
