@@ -3,7 +3,7 @@ word as a substring on SQLite); knows nothing of torch or HTTP."""
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from app.store.models import ExplanationRecord, ModelRecord, SAERecord, utcnow
@@ -51,7 +51,7 @@ def search(session: Session, *, q: str, limit: int = 50,
     if model_slug is not None:
         base = base.join(ModelRecord, ModelRecord.id == SAERecord.model_id).where(ModelRecord.slug == model_slug)
     if session.get_bind().dialect.name == "postgresql":
-        vector = func.to_tsvector("english", ExplanationRecord.text)
+        vector = literal_column("explanations.text_search")  # stored, indexed (migration 0004)
         query = func.websearch_to_tsquery("english", q)
         stmt = base.where(vector.op("@@")(query)).order_by(func.ts_rank(vector, query).desc(), ExplanationRecord.id)
     else:
