@@ -263,8 +263,9 @@ def part_store(args) -> dict:
     n_explanations = ensure_explanations(args.database_url, slug)
     port = free_port()
     env = {**os.environ, "DATABASE_URL": args.database_url, "SAEX_MODEL_SLUG": slug}
+    log = open(Path(tempfile.gettempdir()) / "saex-scale-serve.log", "wb")  # a pipe nobody reads would fill and
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--worker-url",
-                               "http://127.0.0.1:9"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               "http://127.0.0.1:9"], env=env, stdout=subprocess.DEVNULL, stderr=log)  # block it
     base = f"http://127.0.0.1:{port}"
     rng = random.Random(1)
     features = [(rng.randrange(12), rng.randrange(24576)) for _ in range(400)]
@@ -304,6 +305,7 @@ def part_store(args) -> dict:
     finally:
         server.terminate()
         server.wait(30)
+        log.close()
     out = {name: {"p50_ms": round(1000 * statistics.median(v), 1), "n": len(v), "statuses": sorted(statuses[name]),
                   "p95_ms": round(1000 * sorted(v)[int(0.95 * (len(v) - 1))], 1)} for name, v in timed.items()}
     out["feature_json"]["median_bytes"] = int(statistics.median(sizes))
