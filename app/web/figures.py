@@ -55,3 +55,117 @@ def dfa_heatmap(contributions: list[list[float]], tokens: list[str], position: i
         "layout": {**LAYOUT, "height": 60 + 22 * len(z), "title": {"text": f"DFA toward position {position}"},
                    "xaxis": {"type": "category", "tickangle": -45, "automargin": True}},
     }
+
+
+# --- attribution graphs (shared/api.md, "Attention circuits") ----------------------------------------------------
+
+EMBED_ROW, OTHER_ROW = -1, -2  # rows under the layers: embeddings; SAE errors, opaque outputs, biases, pruned
+KIND_NAMES = {"feature": "features", "token": "token embeddings", "position": "position embeddings",
+              "sae_error": "SAE errors", "attn_out": "attention outputs", "mlp": "MLP outputs", "bias": "biases",
+              "pruned": "pruned remainders"}
+KIND_COLOURS = {"feature": POSITIVE, "token": "#3a9e6f", "position": "#8fbf5a", "sae_error": "#e08a1e",
+                "attn_out": "#9b6bcc", "mlp": "#b07a4f", "bias": "#888888", "pruned": "#bbbbbb"}
+
+
+def node_label(node: dict, tokens: list[str]) -> str:
+    """A node in words: "L0 feature 1901 at 12 ' of'", "token at 12 ' of'", "bias of f:1:12:17"."""
+    kind, pos, layer = node["kind"], node.get("position"), node.get("layer")
+    if kind in ("bias", "pruned"):
+        return f"{'bias' if kind == 'bias' else 'pruned links'} of {node['id'].split(':', 1)[1]}"
+    at = f" at {pos}" + (f" {tokens[pos]!r}" if pos is not None and 0 <= pos < len(tokens) else "")
+    what = {"feature": f"feature {node.get('feature')}", "token": "token", "position": "position",
+            "sae_error": "SAE error", "attn_out": "attention output", "mlp": "MLP output"}[kind]
+    return f"{'' if layer is None else f'L{layer} '}{what}{at}"
+
+
+def graph_positions(graph: dict) -> dict[str, tuple[float, float]]:
+    """Where each node sits: x = its token position, y = its layer for features, EMBED_ROW for token and position
+    embeddings, OTHER_ROW for the rest (bias and pruned at their target's position); nodes sharing a cell are
+    spread across it, the largest |value| first."""
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    cells: dict[tuple[int, int], list[dict]] = {}
+    for n in graph["nodes"]:
+        row = n["layer"] if n["kind"] == "feature" else EMBED_ROW if n["kind"] in ("token", "position") else OTHER_ROW
+        pos = n.get("position")
+        if pos is None:  # bias:<target> and pruned:<target>
+            pos = (nodes.get(n["id"].split(":", 1)[1]) or {}).get("position") or 0
+        cells.setdefault((pos, row), []).append(n)
+    order = list(KIND_NAMES)
+    out = {}
+    for (pos, row), members in cells.items():
+        members.sort(key=lambda n: (order.index(n["kind"]), -abs(n["value"]), n["id"]))
+        k = len(members)
+        spread = min(0.7, 0.2 * (k - 1))
+        for i, n in enumerate(members):
+            out[n["id"]] = (pos + (spread * (i / (k - 1) - 0.5) if k > 1 else 0.0), float(row))
+    return out
+
+
+def attribution_graph(graph: dict, urls: dict[str, str] | None = None) -> dict:
+    """Nodes at (position, layer) sized by |value|, links as lines as wide as |weight| (blue positive, red
+    negative) with a hover point at each link's middle naming its head; `urls` (node id -> page) go in customdata,
+    which the page's script follows on click."""
+    urls = urls or {}
+    tokens = graph.get("tokens", [])
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    xy = graph_positions(graph)
+    node_peak = max((abs(n["value"]) for n in graph["nodes"]), default=1.0) or 1.0
+    link_peak = max((abs(e["weight"]) for e in graph["links"]), default=1.0) or 1.0
+    data: list[dict] = []
+    mid_x, mid_y, mid_text, mid_colour = [], [], [], []
+    for e in graph["links"]:
+        if e["source"] not in xy or e["target"] not in xy:
+            continue
+        (x0, y0), (x1, y1) = xy[e["source"]], xy[e["target"]]
+        colour = POSITIVE if e["weight"] >= 0 else NEGATIVE
+        data.append({"type": "scatter", "mode": "lines", "x": [x0, x1], "y": [y0, y1], "hoverinfo": "skip",
+                     "showlegend": False, "opacity": 0.5, "name": "link",
+                     "line": {"color": colour, "width": round(0.5 + 6 * abs(e["weight"]) / link_peak, 2)}})
+        target = nodes[e["target"]]
+        head = "no head" if e["head"] is None else f"through head {target.get('layer')}.{e['head']}"
+        mid_x.append((x0 + x1) / 2)
+        mid_y.append((y0 + y1) / 2)
+        mid_colour.append(colour)
+        mid_text.append(f"{e['source']} → {e['target']}<br>{head}<br>weight {e['weight']:.4g}")
+    data.append({"type": "scatter", "mode": "markers", "name": "links", "x": mid_x, "y": mid_y,
+                 "hovertext": mid_text, "hoverinfo": "text", "showlegend": False,
+                 "marker": {"size": 4, "color": mid_colour, "opacity": 0.5}})
+    root = graph.get("root")
+    groups = [("root", "root feature", [n for n in graph["nodes"] if n["id"] == root])]
+    groups += [(kind, name, [n for n in graph["nodes"] if n["kind"] == kind and n["id"] != root])
+               for kind, name in KIND_NAMES.items()]
+    for kind, name, members in groups:
+        if not members:
+            continue
+        data.append({
+            "type": "scatter", "mode": "markers+text" if kind in ("root", "feature") else "markers", "name": name,
+            "x": [xy[n["id"]][0] for n in members], "y": [xy[n["id"]][1] for n in members],
+            "text": [str(n["feature"]) for n in members] if kind in ("root", "feature") else None,
+            # labels of nodes left of their cell's centre go below them, so that neighbours' labels do not collide
+            "textposition": ["bottom center" if xy[n["id"]][0] < round(xy[n["id"]][0]) else "top center"
+                             for n in members], "customdata": [urls.get(n["id"], "") for n in members],
+            "hovertext": [f"{n['kind']} {n['id']}<br>{node_label(n, tokens)}<br>value {n['value']:.4g}"
+                          + ("<br>click: its feature page" if n["id"] in urls else "") for n in members],
+            "hoverinfo": "text",
+            "marker": {"size": [max(18 if kind == "root" else 0, round(8 + 22 * (abs(n["value"]) / node_peak) ** 0.5,
+                                                                  1)) for n in members],
+                       "color": KIND_COLOURS["feature" if kind == "root" else kind], "opacity": 0.9,
+                       "symbol": "star" if kind == "root" else "circle",
+                       "line": {"width": 2 if kind == "root" else 0.5, "color": "#222"}}})
+    positions = sorted({int(round(x)) for x, _ in xy.values()})
+    layers = sorted({int(y) for _, y in xy.values() if y >= 0})
+    rows = [OTHER_ROW, EMBED_ROW, *layers]
+    return {
+        "data": data,
+        "layout": {**LAYOUT, "height": 160 + 110 * len(rows), "hovermode": "closest",
+                   "margin": {**LAYOUT["margin"], "l": 130, "b": 90},
+                   "title": {"text": f"Attribution graph of {graph.get('root', '')}"},
+                   "legend": {"orientation": "h", "y": -0.25},
+                   "xaxis": {"tickmode": "array", "tickvals": positions, "zeroline": False, "tickangle": -45,
+                             "ticktext": [f"{p}: {repr(tokens[p])[1:-1]}" if p < len(tokens) else str(p)
+                                          for p in positions], "range": [min(positions, default=0) - 0.6,
+                                                                         max(positions, default=0) + 0.6]},
+                   "yaxis": {"tickmode": "array", "tickvals": rows, "zeroline": False,
+                             "ticktext": ["error · bias · pruned", "embeddings", *(f"layer {y}" for y in layers)],
+                             "range": [OTHER_ROW - 0.6, (layers[-1] if layers else 0) + 0.6]}},
+    }

@@ -17,7 +17,13 @@
       fig.layout.font = Object.assign({}, fig.layout.font || {}, { color: dark ? "#e6e6e6" : "#222" });
       box.dataset.drawn = "1";
       if (window.Plotly) {
-        Plotly.newPlot(box, fig.data, fig.layout, { responsive: true, displaylogo: false });
+        Plotly.newPlot(box, fig.data, fig.layout, { responsive: true, displaylogo: false }).then(function () {
+          // a point whose customdata is a path of this site (a graph's feature node) opens it
+          box.on("plotly_click", function (ev) {
+            var url = ev.points && ev.points[0] && ev.points[0].customdata;
+            if (typeof url === "string" && url.charAt(0) === "/" && url.charAt(1) !== "/") window.location.href = url;
+          });
+        });
       }
     });
   }

@@ -149,3 +149,18 @@ def test_keyboard_only(server, browser):
     page.wait_for_selector("table.features, p.note:has-text('No feature')")
     assert "pos=" in page.url
     page.context.close()
+
+
+def test_trace_a_feature_from_the_explorer_to_its_graph(server, browser):
+    """The DFA view's "Trace this feature" opens the graph page, whose Plotly figure draws; its URL is the state."""
+    page = browser.new_context().new_page()
+    page.goto(server + "/?" + "text=Mr+and+Mrs+Dursley.+Mr+and+Mrs+Dursley&layer=1&pos=12")
+    page.wait_for_selector("table.features td a")
+    page.locator("table.features td a").first.click()
+    page.wait_for_selector("a.trace")
+    page.click("a.trace")
+    page.wait_for_selector(".plot.graph.js-plotly-plot .main-svg")
+    assert re.search(r"/demo/graph\?text=.*&layer=1&feature=\d+&pos=12$", page.url)
+    assert page.locator("table.root-links tbody tr").count() > 0
+    assert page.locator(".plot.graph .scatterlayer .trace").count() > 3  # links and node groups
+    page.context.close()

@@ -8,10 +8,13 @@ import json
 import pytest
 
 from app.web.figures import (
+    EMBED_ROW,
     LAYOUT,
     NEGATIVE,
+    OTHER_ROW,
     POSITIVE,
     activation_histogram,
+    attribution_graph,
     dfa_heatmap,
     head_bars,
     logit_effects,
@@ -144,3 +147,64 @@ def test_figures_do_not_share_or_change_the_base_layout():
     b = logit_effects({"top": [{"token": "x", "value": 1.0}] * 30})
     assert a["layout"]["height"] == 240 and b["layout"]["height"] == 16 * 30 + 60
     assert json.dumps(LAYOUT, sort_keys=True) == before and a["layout"] is not LAYOUT
+
+
+# --- attribution graph -----------------------------------------------------------------------------------------
+
+GRAPH = {"tokens": ["<bos>", "a", " b", " a"], "root": "f:1:3:5",
+         "nodes": [{"id": "f:1:3:5", "kind": "feature", "layer": 1, "position": 3, "feature": 5, "value": 2.0},
+                   {"id": "f:0:2:7", "kind": "feature", "layer": 0, "position": 2, "feature": 7, "value": 1.5},
+                   {"id": "f:0:2:9", "kind": "feature", "layer": 0, "position": 2, "feature": 9, "value": -0.5},
+                   {"id": "tok:2", "kind": "token", "layer": None, "position": 2, "feature": None, "value": 1.0},
+                   {"id": "bias:f:1:3:5", "kind": "bias", "layer": None, "position": None, "value": 0.5},
+                   {"id": "pruned:f:1:3:5", "kind": "pruned", "layer": None, "position": None, "value": -0.2}],
+         "links": [{"source": "f:0:2:7", "target": "f:1:3:5", "weight": 1.7, "head": 3},
+                   {"source": "bias:f:1:3:5", "target": "f:1:3:5", "weight": 0.5, "head": None},
+                   {"source": "pruned:f:1:3:5", "target": "f:1:3:5", "weight": -0.2, "head": None},
+                   {"source": "tok:2", "target": "f:0:2:7", "weight": 1.0, "head": 1}]}
+
+
+def traces(fig: dict, name: str) -> list[dict]:
+    return [t for t in fig["data"] if t["name"] == name]
+
+
+def test_graph_nodes_sit_at_position_and_layer_with_the_rest_on_rows_below():
+    fig = attribution_graph(GRAPH)
+    json.dumps(fig, allow_nan=False)
+    (root,) = traces(fig, "root feature")
+    assert (root["x"], root["y"], root["marker"]["symbol"]) == ([3.0], [1.0], "star")
+    (features,) = traces(fig, "features")
+    assert features["y"] == [0.0, 0.0] and features["text"] == ["7", "9"]
+    assert features["x"][0] < 2 < features["x"][1] and abs(features["x"][0] + features["x"][1] - 4) < 1e-9
+    assert features["marker"]["size"][0] > features["marker"]["size"][1]  # |1.5| > |-0.5|
+    assert traces(fig, "token embeddings")[0]["y"] == [EMBED_ROW]
+    bias, pruned = traces(fig, "biases")[0], traces(fig, "pruned remainders")[0]
+    assert bias["y"] == pruned["y"] == [OTHER_ROW] and 2.5 < bias["x"][0] < pruned["x"][0] < 3.5  # by their target
+    layout = fig["layout"]
+    assert layout["yaxis"]["tickvals"] == [OTHER_ROW, EMBED_ROW, 0, 1]
+    assert layout["xaxis"]["tickvals"] == [2, 3] and layout["xaxis"]["ticktext"] == ["2:  b", "3:  a"]
+
+
+def test_graph_links_are_lines_as_wide_as_their_weight_with_the_head_in_hover():
+    fig = attribution_graph(GRAPH, urls={"f:0:2:7": "/demo/L0/7"})
+    lines = traces(fig, "link")
+    assert len(lines) == len(GRAPH["links"]) and all(t["mode"] == "lines" for t in lines)
+    widths = [t["line"]["width"] for t in lines]
+    assert widths[0] == max(widths) and widths[2] == min(widths)
+    assert [t["line"]["color"] for t in lines] == [POSITIVE, POSITIVE, NEGATIVE, POSITIVE]
+    assert lines[0]["x"] == [2 - 0.1, 3.0] and lines[0]["y"] == [0.0, 1.0]
+    (mids,) = traces(fig, "links")
+    assert "through head 1.3" in mids["hovertext"][0] and "weight 1.7" in mids["hovertext"][0]
+    assert "no head" in mids["hovertext"][1] and "through head 0.1" in mids["hovertext"][3]
+    (features,) = traces(fig, "features")
+    assert features["customdata"] == ["/demo/L0/7", ""]
+    assert "f:0:2:7" in features["hovertext"][0] and "L0 feature 7 at 2" in features["hovertext"][0]
+    assert "value 1.5" in features["hovertext"][0] and "feature page" in features["hovertext"][0]
+
+
+def test_graph_of_a_lone_root():
+    fig = attribution_graph({"tokens": ["x"], "root": "f:0:0:1", "links": [],
+                             "nodes": [{"id": "f:0:0:1", "kind": "feature", "layer": 0, "position": 0,
+                                        "feature": 1, "value": 0.0}]})
+    json.dumps(fig, allow_nan=False)
+    assert traces(fig, "root feature")[0]["x"] == [0.0] and traces(fig, "links")[0]["x"] == []

@@ -189,3 +189,30 @@ def test_pages_say_clearly_when_the_worker_is_down(tmp_path):
                                             "max_new_tokens": 2, "layer": ["1"], "feature": ["2"],
                                             "mode": ["add"], "value": ["1"], "heads": [""], "positions": [""]})
         assert steer.status_code == 503 and "inference worker is unavailable" in steer.text
+
+
+def test_graph_page_figure_root_table_json_and_clear_errors(site):
+    c, _ = site
+    q = {"text": "The quick brown fox", "layer": 1, "feature": 5, "pos": 3}
+    explorer = c.get("/", params=q)
+    assert "/demo/graph?text=The+quick+brown+fox&amp;layer=1&amp;feature=5&amp;pos=3" in explorer.text  # Trace this
+    page = c.get("/demo/graph", params=q)
+    assert page.status_code == 200 and page.text.lstrip().startswith("<!doctype html>")
+    figure = re.search(r'<div class="plot graph"><script type="application/json">(.*?)</script>', page.text, re.S)
+    assert '"name": "root feature"' in figure.group(1) and '"name": "links"' in figure.group(1)
+    graph = c.post("/api/v1/graph", json={"text": q["text"], "layer": 1, "feature": 5, "position": 3}).json()
+    rows = re.findall(r"<tr><td><code>([^<]+)</code>", page.text)
+    assert sorted(rows) == sorted(e["source"] for e in graph["links"] if e["target"] == graph["root"])
+    for n in graph["nodes"]:  # each feature node links to its feature page
+        if n["kind"] == "feature":
+            assert f'href="/demo/L{n["layer"]}/{n["feature"]}"' in page.text
+    download = c.get("/demo/graph", params={**q, "format": "json"})
+    assert download.json() == graph and "attachment" in download.headers["content-disposition"]
+    for bad, status, words in [({"feature": "five"}, 422, "feature must be a whole number"),
+                               ({"pos": 99}, 404, "outside the prompt"), ({"depth": 9}, 422, "depth:"),
+                               ({"feature": 10**6}, 404, "features are 0 to"),
+                               ({"layer": 7}, 404, "no SAE on layer 7")]:
+        r = c.get("/demo/graph", params={**q, **bad})
+        assert r.status_code == status and "Could not build this graph" in r.text and words in r.text, r.text[-600:]
+    assert c.get("/demo/graph", params={**q, "feature": "x", "format": "json"}).status_code == 422
+    assert c.get("/demo/graph").status_code == 200  # the empty form
