@@ -53,10 +53,6 @@ class ExampleSlots:
 
         return ExampleSlots(*(pick(t) for t in self.fields()))
 
-    def rows(self, features: torch.Tensor) -> ExampleSlots:
-        """The slots of some features (a copy)."""
-        return ExampleSlots(*(t[features] for t in self.fields()))
-
     def put(self, dest_feature: torch.Tensor, dest_slot: torch.Tensor, new: ExampleSlots) -> None:
         """Write new's entries (leading dim n) into slots (dest_feature, dest_slot), in place."""
         for target, value in zip(self.fields(), new.fields(), strict=True):

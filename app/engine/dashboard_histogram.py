@@ -66,15 +66,16 @@ def histograms(hist: torch.Tensor, log2_scale: torch.Tensor) -> list[dict]:
             for row, n, w in zip(hist.tolist(), last, width, strict=True)]
 
 
-def interval_slots(res: ExampleSlots, hist: torch.Tensor, max_act: torch.Tensor, n_intervals: int = 10,
+def interval_slots(position: torch.Tensor, value: torch.Tensor, key: torch.Tensor, hist: torch.Tensor,
+                   max_act: torch.Tensor, n_intervals: int = 10,
                    per: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For n features (their reservoir rows res, hist (n, bins), max_act (n,)): up to `per` reservoir slots from
+    """For n features (their reservoir slots' position, value and key, each (n, slots); hist (n, bins); max_act
+    (n,)): up to `per` reservoir slots from
     each of `n_intervals` equal-width intervals of (0, max], by interval, largest activation first within one:
     (slot, interval, chosen), each (n, slots), the chosen ones a prefix of each row. Each fine bin's reservoir is a
     uniform sample of its occurrences; examples are drawn across bins in proportion to bin counts (weighted
     sampling by key**(1/weight)), so each interval's sample is close to uniform. All features at once."""
-    top = max_act
-    pos, val, key = res.position, res.value, res.key  # (n, slots)
+    top, pos, val = max_act, position, value
     filled = (pos >= 0) & (top > 0).unsqueeze(1)
     bins = torch.arange(HISTOGRAM_BINS).repeat_interleave(SLOTS_PER_BIN)  # (slots,)
     per_bin = filled.view(-1, HISTOGRAM_BINS, SLOTS_PER_BIN).sum(-1).float()  # (n, bins)

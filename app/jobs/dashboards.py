@@ -166,8 +166,9 @@ def example_columns(stats: FeatureStats, top: ExampleSlots, f: torch.Tensor, par
     each example's arrays are slices of a few buffers packed once for all of them."""
     # top: (feature, rank) of the filled slots; intervals: (feature, j) of the chosen prefix of interval_slots
     ti, trank = (top.position[f] >= 0).nonzero(as_tuple=True)
-    slot, interval, chosen = interval_slots(stats.res.rows(f), stats.hist[f], stats.max_act[f], params.n_intervals,
-                                            params.per_interval)
+    res = stats.res  # only the slots' position, value and key: their windows are gathered below for those chosen
+    slot, interval, chosen = interval_slots(res.position[f], res.value[f], res.key[f], stats.hist[f], stats.max_act[f],
+                                            params.n_intervals, params.per_interval)
     ii, irank = chosen.nonzero(as_tuple=True)
     islot, iinterval = slot[ii, irank], interval[ii, irank]
     n_top = len(ti)
