@@ -243,7 +243,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_interop(args: argparse.Namespace) -> int:
     """`saex export neuronpedia` and `saex import neuronpedia`: one SAE's dashboards and explanations."""
     from app.store.db import make_engine, make_sessionmaker, upgrade
-    from app.store.neuronpedia import NeuronpediaError, export_sae, import_sae
+    from app.store.neuronpedia import NeuronpediaError
+    from app.store.neuronpedia_export import export_sae
+    from app.store.neuronpedia_import import import_sae
 
     name = f"saex {args.command}"
     try:

@@ -1,6 +1,6 @@
 """Neuronpedia's export layout, row by row: our feature dashboards, examples and explanations as the JSON rows of
 Neuronpedia's `Neuron`, `Activation` and `Explanation` tables and back, and the gzipped JSONL batch files that hold
-them; knows nothing of databases, torch or HTTP (app/store/neuronpedia.py moves rows between files and the store).
+them; knows nothing of databases, torch or HTTP (app/store/neuronpedia_export.py and _import.py move the rows).
 
 The format, carried over field for field (fields and layout only, no code) from hijohnnylin/neuronpedia, and for
 files since moved or removed there, from zazer0/neuronpedia (a copy of it):

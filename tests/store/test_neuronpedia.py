@@ -20,8 +20,10 @@ from app.store import explanations
 from app.store.dashboards import find_sae, read_dashboard
 from app.store.db import make_sessionmaker, transaction
 from app.store.models import FeatureRecord
-from app.store.neuronpedia import NeuronpediaError, export_sae, import_sae
+from app.store.neuronpedia import NeuronpediaError
+from app.store.neuronpedia_export import export_sae
 from app.store.neuronpedia_format import EXTRA
+from app.store.neuronpedia_import import import_sae
 
 PARAMS = job.BuildParams(corpus="random", tokens=10 * 40, top_k=5, n_intervals=4, per_interval=2)
 D_SAE = 128
