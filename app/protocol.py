@@ -324,3 +324,34 @@ class DiscoverResponse(Reply):
     patching: list[HeadScore] | None = None  # the baseline, highest effect first
     roc_auc: dict[str, float | None] | None = None  # {"codes", "patching"}, when a ground truth was given
     seconds: dict[str, float]
+
+
+# --- interpretation: embeddings and activations on given windows -------------------------------------------------
+
+
+class EmbedRequest(Body):
+    texts: list[Annotated[str, Field(max_length=4000)]] = Field(min_length=1, max_length=256)
+
+
+class EmbedResponse(Reply):
+    model: str
+    vectors: list[list[float]]  # unit length, one per text
+
+
+class WindowsRequest(ModelBody):
+    """One feature's activations on token windows (each read with BOS first, as its own prompt)."""
+
+    layer: Int | None = Field(default=None, ge=0)
+    sae_id: Slug | None = None
+    feature: Int = Field(ge=0)
+    windows: list[Annotated[list[Int], Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=512)
+
+    @model_validator(mode="after")
+    def _names_an_sae(self) -> WindowsRequest:
+        if self.layer is None and self.sae_id is None:
+            raise ValueError("name the SAE: give its layer or its sae_id")
+        return self
+
+
+class WindowsResponse(Reply):
+    activations: list[list[float]]  # [window][token], the window's own tokens (not BOS)

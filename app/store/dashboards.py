@@ -218,7 +218,9 @@ def read_dashboard(session: Session, *, sae: SAERecord, feature: int) -> dict | 
         return out
 
     explanations = session.scalars(select(ExplanationRecord).where(
-        ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature == feature).order_by(ExplanationRecord.id)).all()
+        ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature == feature).order_by(
+        ExplanationRecord.score.desc().nulls_last(), ExplanationRecord.updated_at.desc(),
+        ExplanationRecord.id.desc())).all()  # best-scored first, as explanations.BEST_FIRST
     return {
         "sae_id": sae.slug, "layer": sae.layer, "feature": feature, "density": record.density,
         "max_activation": record.max_activation, "activation_histogram": record.histogram,
@@ -231,5 +233,6 @@ def read_dashboard(session: Session, *, sae: SAERecord, feature: int) -> dict | 
 
 
 def explanation_body(x: ExplanationRecord) -> dict:
-    return {"id": x.id, "text": x.text, "author": x.author, "source": x.source, "score": x.score,
+    return {"id": x.id, "text": x.text, "method": x.method, "author": x.author, "source": x.source,
+            "score": x.score, "scores": x.scores or {}, "prompt_version": x.prompt_version,
             "created_at": x.created_at.isoformat(), "updated_at": x.updated_at.isoformat()}

@@ -12,12 +12,29 @@ MAX_TEXT = 2000
 
 
 def create(session: Session, *, sae: SAERecord, feature: int, text: str, author: str, source: str = "human",
-           score: float | None = None) -> ExplanationRecord:
+           score: float | None = None, method: str | None = None, prompt_version: str | None = None,
+           scores: dict | None = None) -> ExplanationRecord:
     record = ExplanationRecord(sae_id=sae.id, feature=feature, text=text.strip(), author=author, source=source,
-                               score=score)
+                               score=score, method=method or ("human" if source == "human" else "imported"),
+                               prompt_version=prompt_version, scores=scores)
     session.add(record)
     session.flush()
     return record
+
+
+def set_scores(session: Session, *, record: ExplanationRecord, scores: dict, score: float | None) -> None:
+    """Replace the scores of these scorers (others kept) and the headline score."""
+    record.scores = {**(record.scores or {}), **scores}
+    record.score = score
+    session.flush()
+
+
+def find(session: Session, *, sae: SAERecord, feature: int, method: str,
+         prompt_version: str | None) -> ExplanationRecord | None:
+    """The newest explanation this method and prompt version wrote for the feature (a resumed run skips it)."""
+    return session.scalars(select(ExplanationRecord).where(
+        ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature == feature, ExplanationRecord.method == method,
+        ExplanationRecord.prompt_version == prompt_version).order_by(ExplanationRecord.id.desc()).limit(1)).first()
 
 
 def get(session: Session, *, explanation_id: int) -> ExplanationRecord | None:
@@ -35,9 +52,14 @@ def delete(session: Session, *, record: ExplanationRecord) -> None:
     session.flush()
 
 
+BEST_FIRST = (ExplanationRecord.score.desc().nulls_last(), ExplanationRecord.updated_at.desc(),
+              ExplanationRecord.id.desc())
+
+
 def for_feature(session: Session, *, sae: SAERecord, feature: int) -> list[ExplanationRecord]:
+    """Best-scored first; unscored ones after, newest first."""
     return list(session.scalars(select(ExplanationRecord).where(
-        ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature == feature).order_by(ExplanationRecord.id)))
+        ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature == feature).order_by(*BEST_FIRST)))
 
 
 def search(session: Session, *, q: str, limit: int = 50,
@@ -65,11 +87,16 @@ def _escape_like(word: str) -> str:
     return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def first_text(session: Session, *, sae: SAERecord, features: set[int]) -> dict[int, str]:
-    """For each of these features that has explanations, the most recent one's text."""
+def best_text(session: Session, *, sae: SAERecord, features: set[int]) -> dict[int, str]:
+    """For each of these features that has explanations, the best-scored one's text (unscored: the newest)."""
     if not features:
         return {}
-    rows = session.execute(select(ExplanationRecord.feature, ExplanationRecord.text).where(
-        ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature.in_(features))
-        .order_by(ExplanationRecord.updated_at, ExplanationRecord.id)).all()
-    return {f: text for f, text in rows}  # later rows (newer) win
+    out: dict[int, str] = {}
+    wanted = sorted(features)
+    for start in range(0, len(wanted), 5000):  # bound the IN list
+        rows = session.execute(select(ExplanationRecord.feature, ExplanationRecord.text).where(
+            ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature.in_(wanted[start:start + 5000]))
+            .order_by(*BEST_FIRST)).all()
+        for f, text in rows:
+            out.setdefault(f, text)  # the first row of a feature is its best
+    return out

@@ -173,6 +173,7 @@ class ExampleRecord(Base):
 
 class ExplanationRecord(Base):
     __tablename__ = "explanations"
+    __table_args__ = (Index("ix_explanations_sae_id_feature", "sae_id", "feature"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
@@ -180,9 +181,22 @@ class ExplanationRecord(Base):
     text: Mapped[str] = mapped_column(Text)
     author: Mapped[str] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(16), default="human")  # human or automatic
-    score: Mapped[float | None] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(120), default="human")  # human, baseline, llm:<model>, imported
+    prompt_version: Mapped[str | None] = mapped_column(String(32))  # of the explainer that wrote it
+    score: Mapped[float | None] = mapped_column(Float)  # the headline of `scores` (see interpret.metrics); ranks
+    scores: Mapped[dict | None]  # {"detection": {"balanced_accuracy", "f1", "auroc", "n"}, "fuzzing": ..., ...}
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ExplanationEmbedding(Base):
+    """An explanation's sentence embedding, for semantic search (float16, unit length)."""
+
+    __tablename__ = "explanation_embeddings"
+
+    explanation_id: Mapped[int] = mapped_column(ForeignKey("explanations.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(120))
+    vector: Mapped[bytes] = mapped_column(PackedBytes)
 
 
 class SavedResult(Base):

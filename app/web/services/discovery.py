@@ -42,7 +42,7 @@ async def features_on_text(*, deployment: Deployment, session: Session, model: s
         h["token"] = analysis.tokens[h["at"]]
         by_sae.setdefault(h["sae_id"], set()).add(h["feature"])
     for sae_id, feats in by_sae.items():
-        texts = explanations.first_text(session, sae=sae_or_404(session, sae_id=sae_id, model_slug=served.name),
+        texts = explanations.best_text(session, sae=sae_or_404(session, sae_id=sae_id, model_slug=served.name),
                                         features=feats)
         for h in ranked:
             if h["sae_id"] == sae_id:
@@ -76,7 +76,7 @@ async def head_page(*, deployment: Deployment, session: Session, model: str, lay
     if rows and not 0 <= head < n_heads:
         raise NotFound(f"layer {layer} has heads 0 to {n_heads - 1}, not {head}")
     top = sorted(((f, shares[head], d) for f, shares, d in rows if d > 0), key=lambda r: -r[1])[:40]
-    texts = explanations.first_text(session, sae=sae, features={f for f, _, _ in top})
+    texts = explanations.best_text(session, sae=sae, features={f for f, _, _ in top})
     scores, error = None, None
     try:
         _, client = await deployment.client(model)

@@ -70,7 +70,7 @@ async def explore(*, deployment: Deployment, session: Session, state: ExplorerSt
     if ctx.get("rows"):
         stored = find_sae(session, sae_slug=ctx["sae_id"], model_slug=model_slug)
         wanted = {e.feature for row in ctx["rows"] for e in row} | ({feature} if feature is not None else set())
-        ctx["explained"] = explanations.first_text(session, sae=stored, features=wanted) if stored else {}
+        ctx["explained"] = explanations.best_text(session, sae=stored, features=wanted) if stored else {}
     return ctx
 
 
