@@ -308,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "explanations/); the model and SAE must be in the store already")
         x.set_defaults(func=cmd_interop)
 
+    from app import cli_explain, cli_llm
+
+    cli_explain.add_parser(sub, model_args)
+    cli_llm.add_parser(sub)
+
     t = sub.add_parser("train", help="build the embedded default: corpus, tokenizer, model, SAEs")
     from app.training.commands import add_train_parsers
 

@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=120, ge=0, description="analyze/trace/DFA/steer calls a minute per "
                                        "API key or client address; 0: no limit")
 
+    llm_url: str | None = Field(default=None, description="an OpenAI-compatible chat-completions server for "
+                                "explanations and their scoring (vLLM, llama.cpp, Ollama, `saex llm serve`), e.g. "
+                                "http://127.0.0.1:8081/v1; unset: the embedded SmolLM2-135M-Instruct, in-process")
+    llm_model: str | None = Field(default=None, description="the model name that server expects")
+    llm_api_key: str | None = Field(default=None, description="a bearer key for that server, if it wants one")
+    llm_max_in_flight: int = Field(default=4, ge=1, le=256, description="requests to it in flight at once")
+    llm_budget_requests: int | None = Field(default=None, ge=1, description="the most requests one explain run "
+                                            "sends (unset: no limit)")
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'saex.db').resolve()}"

@@ -332,6 +332,21 @@ class Engine:
         token_ids = ids[0].tolist()
         return {"tokens": self.to_str(token_ids), "token_ids": token_ids, **graph}
 
+    def window_activations(self, layer: int, feature: int, windows: list[list[int]]) -> dict:
+        """A feature's activations on token windows, each read as its own prompt (app/engine/windows.py)."""
+        from app.engine.windows import window_activations
+
+        sae = self.sae(layer)
+        self.check_feature(sae, feature)
+        vocab = self.model.cfg.d_vocab
+        if any(not 0 <= i < vocab for w in windows for i in w):
+            raise Invalid(f"token ids must lie in 0..{vocab - 1}")
+        if max(map(len, windows)) + 1 > self.model.cfg.n_ctx:
+            raise TooLong(f"a window is longer than the model's context of {self.model.cfg.n_ctx} tokens")
+        bos = self.model.tokenizer.bos_token_id if self.prepend_bos and self.model.tokenizer is not None else None
+        acts = window_activations(self.model, sae, windows, feature, bos)
+        return {"activations": [a.tolist() for a in acts]}
+
     def discover_circuits(self, positive: Sequence[str] = (), negative: Sequence[str] = (), task: str | None = None,
                           positions: str = "all", max_edges: int = 100, patching: bool = True,
                           ground_truth: Sequence | None = None) -> dict:

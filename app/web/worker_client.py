@@ -34,6 +34,8 @@ ENDPOINTS: dict[str, tuple[str, str, type[BaseModel]]] = {
     "steer": ("POST", "/v1/steer", P.SteerResponse),
     "graph": ("POST", "/v1/graph", P.GraphResponse),
     "circuits_discover": ("POST", "/v1/circuits/discover", P.DiscoverResponse),
+    "windows": ("POST", "/v1/windows", P.WindowsResponse),
+    "embed": ("POST", "/v1/embed", P.EmbedResponse),
 }
 
 
@@ -212,6 +214,12 @@ class WorkerClient:
 
     async def circuits_discover(self, body: P.DiscoverRequest) -> P.DiscoverResponse:
         return await self._call("circuits_discover", body)
+
+    async def windows(self, body: P.WindowsRequest) -> P.WindowsResponse:
+        return await self._call("windows", body)
+
+    async def embed(self, body: P.EmbedRequest) -> P.EmbedResponse:
+        return await self._call("embed", body)
 
     async def passed_on(self, endpoint: str, body: BaseModel | None, gzip: bool) -> tuple[bytes, str | None]:
         """The answer of `endpoint` (a key of ENDPOINTS) as the worker sent it, and its Content-Encoding."""

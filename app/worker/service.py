@@ -213,4 +213,19 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
         hosts(w.engine, body, body.set)
         return await compute(w, lambda: w.engine.discover_circuits(
             body.positive, body.negative, body.task, body.positions, body.max_edges, body.patching, body.ground_truth))
+    @app.post("/v1/windows", response_model=P.WindowsResponse, responses=ERRORS)
+    async def windows(body: P.WindowsRequest, w: WorkerDep) -> Response:
+        """One feature's activations on token windows, each read as its own prompt (explanation scoring)."""
+        layer = sae_layer(w.engine, body)
+        return await compute(w, lambda: w.engine.window_activations(layer, body.feature, body.windows))
+
+    @app.post("/v1/embed", response_model=P.EmbedResponse, responses=ERRORS)
+    async def embed(body: P.EmbedRequest, w: WorkerDep) -> Response:
+        """Sentence embeddings (explanation scoring and semantic search), on the engine's queue."""
+        from app.interpret.embedding import Embedder
+
+        def run() -> dict:
+            embedder = Embedder.shared()
+            return {"model": embedder.name, "vectors": embedder.embed(list(body.texts)).tolist()}
+        return await compute(w, run)
     return app
