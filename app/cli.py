@@ -8,24 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+from app.cli_engine import engine_from_settings as _engine_from_settings
 from app.cli_store import cmd_db, cmd_interop, cmd_keys
-from app.config import load_settings, use_offline_hub
-
-
-def _engine_from_settings(settings):
-    import torch
-
-    from app.engine.engine import Engine
-    from app.engine.loading import attach_saes, load_model
-    from app.serving.memory import keep_freed_memory
-
-    keep_freed_memory()  # before the first tensor: freed memory stays mapped for the next request
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    use_offline_hub()
-    model = load_model(settings.model_spec(), settings.device)
-    saes = attach_saes(model, settings.sae_specs(), settings.device)
-    return Engine(model, saes, settings.served_slug(), settings.sae_set)
+from app.config import load_settings
 
 
 def _serve(app, executor=None, **config) -> int:
@@ -199,6 +184,10 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, work_dir=settings.data_dir / "builds", pass_fn=pass_fn,
                         stats_memory_bytes=int(args.stats_memory_gb * 2**30),
                         checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet, on_progress=run)
+        if not args.no_explain:  # no feature shown as a bare id: a baseline explanation where there is none
+            from app.jobs.explain import baseline_where_missing
+
+            summary["baseline_explanations"] = baseline_where_missing(factory, engine.name, progress=not args.quiet)
     except BaseException as exc:  # the page says why; the traceback goes to the log
         run.fail(exc)
         raise
@@ -279,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, help="torch threads")
     b.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by this much")
     b.add_argument("--quiet", action="store_true", help="no progress bars (progress is recorded in the store)")
+    b.add_argument("--no-explain", action="store_true", help="write no baseline explanations for the features "
+                   "that have none (by default each gets one from its dashboard statistics, ~10 ms a feature)")
     b.add_argument("--run-id", type=int, help=argparse.SUPPRESS)  # the dashboard run `saex serve` started for it
     b.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # stop once this process (saex serve) is gone
     b.set_defaults(func=cmd_dashboards)

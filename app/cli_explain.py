@@ -50,7 +50,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"saex explain: {exc}", file=sys.stderr)
         return 2
-    from app.cli import _engine_from_settings
+    from app.cli_engine import engine_from_settings
     from app.engine.loading import LoadError
     from app.interpret.embedding import Embedder
     from app.interpret.llm import make_client
@@ -64,7 +64,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         if args.action == "embed":
             return _embed(factory, Embedder.shared())
-        engine = _engine_from_settings(settings)
+        engine = engine_from_settings(settings)
         llm = make_client(url=settings.llm_url, model=settings.llm_model, api_key=settings.llm_api_key,
                           max_in_flight=settings.llm_max_in_flight,
                           budget_requests=settings.llm_budget_requests) if needs_llm else None

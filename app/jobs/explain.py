@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
@@ -24,8 +23,8 @@ from app.interpret.examples import Example, ExampleConfig, TooFewExamples
 from app.interpret.explainers import BASELINE_VERSION
 from app.interpret.llm import BudgetExhausted, LLMClient
 from app.store import dashboards, explanations
-from app.store.models import ExampleRecord, FeatureRecord, SAERecord
-from app.store.packing import unpack_ids
+from app.store.corpus_windows import sample_windows
+from app.store.models import SAERecord
 
 POOL_WINDOWS = 1024  # candidate non-activating windows per SAE, read once for every feature of a run
 
@@ -65,22 +64,10 @@ class CandidatePool:
     @classmethod
     def build(cls, engine: Engine, session: Session, sae: SAERecord, ctx_len: int, n: int = POOL_WINDOWS,
               seed: int = 42) -> CandidatePool:
-        total = session.scalar(select(func.count(ExampleRecord.id)).join(FeatureRecord).where(
-            FeatureRecord.sae_id == sae.id)) or 0
-        if total == 0:
+        sampled = sample_windows(session, sae=sae, n=n, ctx_len=ctx_len, seed=seed)
+        if not sampled:
             raise ValueError(f"SAE {sae.slug} has no dashboards: build them first (saex dashboards build)")
-        rng = random.Random(seed)
-        rows = session.execute(select(ExampleRecord.token_ids, ExampleRecord.max_position).join(FeatureRecord)
-                               .where(FeatureRecord.sae_id == sae.id).order_by(ExampleRecord.id)
-                               .offset(0).limit(min(total, 20 * n))).all()
-        rows = rng.sample(rows, min(n, len(rows)))
-        texts = dashboards.token_texts(session, model_id=sae.model_id)
-        windows = []
-        for packed, at in rows:
-            ids = unpack_ids(packed)
-            start = max(0, min(at - (3 * ctx_len) // 4, len(ids) - ctx_len))
-            ids = ids[start:start + ctx_len]
-            windows.append(Example([texts.get(i, f"<{i}>") for i in ids], [0.0] * len(ids), -1.0, ids))
+        windows = [Example(texts, [0.0] * len(ids), -1.0, ids) for ids, texts in sampled]
         layer_sae = engine.sae(sae.layer)
         bos = engine.model.tokenizer.bos_token_id if engine.prepend_bos else None
         acts = window_activations(engine.model, layer_sae, [w.token_ids for w in windows], None, bos)
@@ -184,3 +171,30 @@ def run(engine: Engine, factory: sessionmaker[Session], sae_slug: str, model_slu
     asyncio.run(main())
     bar.close()
     return summary
+
+
+def baseline_where_missing(factory: sessionmaker[Session], model_slug: str, progress: bool = False) -> int:
+    """A baseline explanation (no language model, no scores: milliseconds a feature) for every built feature of the
+    model's SAEs that has no explanation yet, so that no feature is shown as a bare id; returns how many."""
+    from app.interpret.explainers import explain_baseline
+    from app.store.models import ExplanationRecord, ModelRecord
+
+    written = 0
+    with factory() as session:
+        saes = session.scalars(select(SAERecord).join(ModelRecord).where(ModelRecord.slug == model_slug)).all()
+        plan = []
+        for sae in saes:
+            explained = set(session.scalars(select(ExplanationRecord.feature).where(
+                ExplanationRecord.sae_id == sae.id)))
+            plan.append((sae.id, sae.slug, sorted(dashboards.built_features(session, sae=sae) - explained)))
+    for sae_id, slug, todo in plan:
+        for start in tqdm(range(0, len(todo), 256), desc=f"baseline explanations {slug}", disable=not progress):
+            with factory() as session, session.begin():
+                sae = session.get(SAERecord, sae_id)
+                for feature in todo[start:start + 256]:
+                    dashboard = dashboards.read_dashboard(session, sae=sae, feature=feature)
+                    text = explain_baseline(dashboard, layer=sae.layer).text
+                    explanations.create(session, sae=sae, feature=feature, text=text, author="baseline",
+                                        source="automatic", method="baseline", prompt_version=BASELINE_VERSION)
+                    written += 1
+    return written
