@@ -42,6 +42,8 @@ def get(session: Session, *, explanation_id: int) -> ExplanationRecord | None:
 
 
 def update(session: Session, *, record: ExplanationRecord, text: str) -> ExplanationRecord:
+    if text.strip() != record.text:  # its scores were of the old text
+        record.scores, record.score = None, None
     record.text, record.updated_at = text.strip(), utcnow()
     session.flush()
     return record

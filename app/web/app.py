@@ -24,7 +24,7 @@ from app.web.deps import DATABASE_DOWN
 from app.web.pages import account, builds, discover, explorer, feature_pages, graph, steering
 from app.web.pages.render import FRONTEND, render
 from app.web.ratelimit import TokenBuckets
-from app.web.services.errors import NotFound
+from app.web.services.errors import Invalid, NotFound
 from app.web.worker_client import WorkerError, WorkerUnavailable
 
 # Only the app's own scripts run; styles may be inline (token colours, Plotly's and htmx's own style elements)
@@ -102,6 +102,10 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound):
         return error(request, 404, str(exc))
+
+    @app.exception_handler(Invalid)
+    async def _invalid(request: Request, exc: Invalid):  # input the service could not use: what to change
+        return error(request, 422, str(exc))
 
     @app.exception_handler(WorkerError)
     async def _worker_error(request: Request, exc: WorkerError):  # a worker's 4xx (or busy 503), passed on
