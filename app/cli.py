@@ -122,6 +122,9 @@ def _ensure_dashboards(engine, settings, tokens: int) -> None:
     db = make_engine(settings.resolved_database_url)
     build(engine, make_sessionmaker(db), corpus, BuildParams(corpus=name, tokens=int(corpus.numel())),
           model_slug=engine.name, work_dir=settings.data_dir / "builds")
+    from app.jobs.explain import baseline_where_missing
+
+    baseline_where_missing(make_sessionmaker(db), engine.name)  # as a first run does: no feature a bare id
     db.dispose()
 
 
@@ -299,10 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "explanations/); the model and SAE must be in the store already")
         x.set_defaults(func=cmd_interop)
 
-    from app import cli_explain, cli_llm
+    from app import cli_explain, cli_interop, cli_llm
 
     cli_explain.add_parser(sub, model_args)
     cli_llm.add_parser(sub)
+    cli_interop.add_parsers(sub)
 
     t = sub.add_parser("train", help="build the embedded default: corpus, tokenizer, model, SAEs")
     from app.training.commands import add_train_parsers

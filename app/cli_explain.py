@@ -52,8 +52,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     from app.cli_engine import engine_from_settings
     from app.engine.loading import LoadError
+    from app.interpret.clients import make_client
     from app.interpret.embedding import Embedder
-    from app.interpret.llm import make_client
     from app.interpret.pipeline import NeedsLanguageModel
     from app.store.db import make_engine, make_sessionmaker, upgrade
 

@@ -23,9 +23,9 @@ import torch
 from app.cli_engine import engine_from_settings
 from app.config import load_settings
 from app.interpret import explainers, pipeline
+from app.interpret.clients import make_client
 from app.interpret.embedding import Embedder
 from app.interpret.examples import ExampleConfig, TooFewExamples, from_dashboard
-from app.interpret.llm import make_client
 from app.jobs.explain import CandidatePool
 from app.store import dashboards
 from app.store.db import make_engine, make_sessionmaker

@@ -141,7 +141,8 @@ def _explanation_rows(session: Session, at: Where, sae: SAERecord, lo: int, hi: 
             .order_by(ExplanationRecord.feature, ExplanationRecord.id))
     for x in session.scalars(stmt):
         yield explanation_row(at, x.feature, {"id": x.id, "text": x.text, "author": x.author, "source": x.source,
-                                              "score": x.score, "created_at": x.created_at,
+                                              "score": x.score, "created_at": x.created_at, "method": x.method,
+                                              "prompt_version": x.prompt_version, "scores": x.scores,
                                               "updated_at": x.updated_at})
 
 

@@ -206,7 +206,7 @@ def explanation_row(at: Where, index: int, x: dict) -> dict:
         "createdAt": x["created_at"].isoformat(), "updatedAt": x["updated_at"].isoformat(),
         "scores": [] if x["score"] is None else [{"value": x["score"], "explanationScoreTypeName": None,
                                                    "explanationScoreModelName": None}],
-        EXTRA: {"author": x["author"], "source": x["source"], "score": x["score"]},
+        EXTRA: {k: x.get(k) for k in ("author", "source", "score", "method", "prompt_version", "scores")},
     }
 
 
@@ -385,8 +385,11 @@ def parse_explanation(row: dict, where: str, d_sae: int) -> dict:
     score = extra.get("score") if EXTRA in row else next(
         (s.get("value") for s in row.get("scores") or [] if isinstance(s, dict)), None)
     created = _time(row.get("createdAt"), where, "createdAt")
+    scores = extra.get("scores") if isinstance(extra.get("scores"), dict) else None
     return {"feature": index, "text": text, "author": str(author)[:200], "source": source,
-            "score": None if score is None else _num(score, where, "score"),
+            "score": None if score is None else _num(score, where, "score"), "scores": scores,
+            "method": str(extra.get("method") or ("human" if source == "human" else "imported"))[:120],
+            "prompt_version": extra.get("prompt_version") if isinstance(extra.get("prompt_version"), str) else None,
             "created_at": created, "updated_at": _time(row.get("updatedAt"), where, "updatedAt") or created}
 
 

@@ -80,6 +80,8 @@ def test_explore_click_feature_page_permalink(server, browser, tmp_path):
     assert "text=" in page.url  # the state is in the URL
     page.locator(".tokens .tok").nth(-1).click()  # the last token: the repeated ' Dursley'
     page.wait_for_selector("table.features a")
+    # every feature comes explained (a first run writes baseline explanations): the text sits beside its id
+    assert page.locator("table.features tbody tr").first.locator("td").nth(3).inner_text().startswith("fires on")
     page.locator("table.features td a").first.click()  # its strongest feature
     page.wait_for_selector("text=DFA of feature")
     page.wait_for_selector(".plot .main-svg")  # Plotly drew the DFA heatmap
@@ -89,6 +91,7 @@ def test_explore_click_feature_page_permalink(server, browser, tmp_path):
     title = page.locator("h1").inner_text()
     page.wait_for_selector(".plot .main-svg")  # histogram and other charts
     assert page.locator(".examples .ex").count() > 0
+    assert page.locator("#explanations li").first.inner_text().startswith("fires on")  # and on its page
     permalink = page.url
     assert re.search(r"/demo/L\d+/\d+$", permalink)
     fresh = browser.new_context().new_page()

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.interpret.llm import BudgetExhausted, Completion, LLMError, OpenAIChatClient, TokenLogprob, make_client
+from app.interpret.clients import make_client
+from app.interpret.llm import BudgetExhausted, Completion, LLMError, OpenAIChatClient, TokenLogprob
 from tests.processes import free_port, stop, wait_http
 
 BASE = "http://llm.test/v1"

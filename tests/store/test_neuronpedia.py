@@ -82,8 +82,8 @@ def test_round_trip_is_exact(session, engine, source, tmp_path):
     original = dump(session, source)
     assert len(original) == D_SAE and sum(bool(b["top_examples"]) for b in original.values()) > 20
     assert dump(session, copy) == original
-    assert [x["text"] for x in original[3]["explanations"]] == ["opening brackets", "code, mostly"]
-    assert original[3]["explanations"][1]["score"] == 0.625 and original[3]["explanations"][1]["source"] == "automatic"
+    assert [x["text"] for x in original[3]["explanations"]] == ["code, mostly", "opening brackets"]  # best-scored first
+    assert original[3]["explanations"][0]["score"] == 0.625 and original[3]["explanations"][0]["source"] == "automatic"
 
     again = import_sae(session, tmp_path / "np", copy, "L0")  # idempotent: nothing doubles
     assert again["explanations"] == 0 and again["explanations_skipped"] == 3
@@ -185,7 +185,7 @@ def test_reads_neuronpedia_rows_without_our_extras(session, engine, source, tmp_
         intervals = [e["interval"] for e in got["interval_examples"]]
         assert intervals == sorted(intervals)
     assert [(x["text"], x["source"]) for x in copy[3]["explanations"]] == [
-        ("opening brackets", "human"), ("code, mostly", "human")]
+        ("code, mostly", "human"), ("opening brackets", "human")]  # newest first when unscored
     (x,) = copy[100]["explanations"]
     assert (x["author"], x["source"], x["score"]) == ("gpt-4o-mini", "automatic", -0.5)  # score from `scores`
 

@@ -52,7 +52,9 @@ def feature_context(session: Session, model_slug: str, sae_id: str, feature: int
     peak = d["max_activation"] or 1.0
     for ex in d["top_examples"] + d["interval_examples"]:
         ex["spans"] = example_spans(ex, peak)
-    return {**ctx, "dashboard": d, "explanations": d["explanations"],
+    similar = services.best_explanations(session, model_slug=model_slug, sae_id=sae_id,
+                                         features={s["feature"] for s in d["similar_features"]})
+    return {**ctx, "dashboard": d, "explanations": d["explanations"], "similar_explained": similar,
             "histogram_figure": figures.activation_histogram(d["activation_histogram"]),
             "logit_figure": figures.logit_effects(d["logit_effects"]),
             "heads_figure": figures.head_bars(d["head_attribution"], "Head attribution (decoder weight share)",

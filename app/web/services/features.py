@@ -69,3 +69,9 @@ def list_explanations(session: Session, *, model_slug: str, sae_id: str, feature
     sae = sae_or_404(session, sae_id=sae_id, model_slug=model_slug)
     check_feature(sae, feature)
     return [explanation_body(x) for x in explanations.for_feature(session, sae=sae, feature=feature)]
+
+
+def best_explanations(session: Session, *, model_slug: str, sae_id: str, features: set[int]) -> dict[int, str]:
+    """Each of these features' best-scored explanation, for showing beside its id."""
+    sae = sae_or_404(session, sae_id=sae_id, model_slug=model_slug)
+    return explanations.best_text(session, sae=sae, features=features)
