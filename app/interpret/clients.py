@@ -18,4 +18,8 @@ def make_client(*, url: str | None, model: str | None, api_key: str | None, max_
     from app.interpret.local_llm import LocalChatModel
 
     shipped = model is None or model == "SmolLM2-135M-Instruct"
-    return LocalChatModel(gguf_path=None if shipped else model, budget_requests=budget_requests)
+    client = LocalChatModel(gguf_path=None if shipped else model, budget_requests=budget_requests)
+    # what a 135M model can follow (measured: with five examples a prompt it answers lists of the wrong length, and
+    # with activation lists it writes no [EXPLANATION] line); a lab's server gets delphi's defaults
+    client.examples_per_prompt, client.explainer_activations = 1, False
+    return client

@@ -30,7 +30,11 @@ class Explained:
 
 
 async def explain_llm(llm: LLMClient, train: list[Example], max_activation: float, *,
-                      activations: bool = True) -> Explained:
+                      activations: bool | None = None) -> Explained:
+    """activations: show delphi's activation lists (default: unless the client says it cannot use them, as the
+    embedded 135M model, which then writes no [EXPLANATION] line)."""
+    if activations is None:
+        activations = bool(getattr(llm, "explainer_activations", True))
     messages = prompts.explainer_messages(train, max_activation, activations=activations)
     reply = await llm.chat(messages, max_tokens=MAX_EXPLANATION_TOKENS, temperature=0.0)
     return Explained(prompts.parse_explanation(reply.text), f"llm:{llm.name}", prompts.PROMPT_VERSION, reply.text)

@@ -50,7 +50,7 @@ async def score(text: str, examples: FeatureExamples, non_activating: list[Examp
         if name == "embedding":
             if embed is None:
                 raise ValueError("the embedding scorer needs the embedding model")
-            vectors = await embed([text, *[x.text for x in [*examples.test, *non_activating]]])
+            vectors = await embed([text, *[scorers.embedded_span(x) for x in [*examples.test, *non_activating]]])
             summary, rows = scorers.embedding(lambda _texts, v=vectors: v, text, examples.test, non_activating)
         else:
             run = scorers.detection if name == "detection" else scorers.fuzzing

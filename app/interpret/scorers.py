@@ -37,10 +37,17 @@ def _summary(rows: list[dict]) -> dict:
     return {k: out[k] for k in ("balanced_accuracy", "f1", "auroc", "n", "failed")}
 
 
+def shown_per_prompt(llm: LLMClient) -> int:
+    """Examples per scorer prompt: N_SHOWN, or what the client asks for (the embedded 135M model answers a list of
+    the right length only when shown one example at a time, delphi's class default)."""
+    return int(getattr(llm, "examples_per_prompt", N_SHOWN))
+
+
 async def _classify(llm: LLMClient, kind: str, explanation: str, samples: list[tuple[Example, str]],
                     log_probs: bool) -> list[dict]:
-    """Ask about the samples N_SHOWN at a time (all batches in flight at once; the client caps concurrency)."""
-    batches = [samples[i:i + N_SHOWN] for i in range(0, len(samples), N_SHOWN)]
+    """Ask about the samples a few at a time (all batches in flight at once; the client caps concurrency)."""
+    n = shown_per_prompt(llm)
+    batches = [samples[i:i + n] for i in range(0, len(samples), n)]
 
     async def one(batch: list[tuple[Example, str]]) -> list[dict]:
         messages = prompts.scorer_messages(kind, explanation, [text for _, text in batch])
@@ -92,14 +99,29 @@ async def fuzzing(llm: LLMClient, explanation: str, test: Sequence[Example], non
     return _summary(rows), rows
 
 
+EMBED_CONTEXT = 2  # tokens before the example's token that the embedding scorer embeds with it
+
+
+def embedded_span(x: Example, before: int = EMBED_CONTEXT) -> str:
+    """The example's strongest token and the `before` tokens ahead of it (a non-activating window: the token where
+    windows are centred, three quarters in). Whole windows of code all embed alike; measured on the demo's layer-1
+    SAE (40 features, baseline explanations), AUROC own vs shuffled: whole window 0.53 vs 0.50, this span 0.59 vs
+    0.53."""
+    acts = x.activations
+    at = max(range(len(acts)), key=acts.__getitem__) if x.activating and acts else (3 * len(x.str_tokens)) // 4
+    return "".join(x.str_tokens[max(0, at - before):at + 1])
+
+
 def embedding(embed: Callable[[list[str]], np.ndarray], explanation: str, test: Sequence[Example],
               non_activating: Sequence[Example]) -> tuple[dict, list[dict]]:
-    """AUROC of the cosine similarity between the explanation and each excerpt, activating against not. The
-    explanation is embedded as it is (delphi adds an instruction prefix, made for instruction-tuned embedders;
-    all-MiniLM-L6-v2 is not one)."""
+    """AUROC of the cosine similarity between the explanation and each example's span around its token, activating
+    against not. The explanation is embedded as it is (delphi adds an instruction prefix, made for
+    instruction-tuned embedders; all-MiniLM-L6-v2 is not one) and examples as embedded_span (delphi: whole
+    windows)."""
     samples = [*test, *non_activating]
-    vectors = embed([explanation, *[x.text for x in samples]])  # unit rows
+    spans = [embedded_span(x) for x in samples]
+    vectors = embed([explanation, *spans])  # unit rows
     similarity = (vectors[1:] @ vectors[0]).tolist()
-    rows = [{"text": x.text, "distance": x.distance, "similarity": s} for x, s in zip(samples, similarity,
-                                                                                       strict=True)]
+    rows = [{"text": x.text, "span": span, "distance": x.distance, "similarity": sim}
+            for x, span, sim in zip(samples, spans, similarity, strict=True)]
     return {"auroc": metrics.auroc([x.activating for x in samples], similarity), "n": len(samples)}, rows
