@@ -4,7 +4,7 @@ answer; the app answers the services' NotFound with a 404."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,7 +13,7 @@ from app import protocol as P
 from app.store.explanations import MAX_TEXT
 from app.web.auth import WriterDep
 from app.web.deps import SessionDep
-from app.web.services import discovery, features
+from app.web.services import features, semantic
 
 router = APIRouter(prefix="/api/v1", tags=["store"], responses=P.error_responses(400, 413, 422, 503))
 ERR = P.error_responses(404)
@@ -90,10 +90,21 @@ def delete_explanation(sae_id: str, feature: FeaturePath, explanation_id: Featur
     return Response(status_code=204)
 
 
+def semantic_indexes(request: Request) -> semantic.SemanticIndexes:
+    return semantic.indexes_of(request.app.state)
+
+
+SemanticDep = Annotated[semantic.SemanticIndexes, Depends(semantic_indexes)]
+
+
 @router.get(both("/explanations/search")[0])
 @router.get(both("/explanations/search")[1])
-def search_explanations(session: SessionDep, model: ModelDep,
-                        q: Annotated[str, Query(min_length=1, max_length=500)],
-                        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
-    return {"query": q, "results": discovery.search_explanations(
-        session, model_slug=model, q=q, limit=limit)}
+async def search_explanations(request: Request, session: SessionDep, model: ModelDep, indexes: SemanticDep,
+                              q: Annotated[str, Query(min_length=1, max_length=500)],
+                              limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                              mode: Annotated[Literal["text", "semantic"], Query(
+                                  description="text: full-text; semantic: by meaning (needs a worker to embed "
+                                              "the query; answers full-text with a message when none can)")] = "text"
+                              ) -> dict:
+    return await semantic.search(deployment=request.app.state.deployment, indexes=indexes, session=session,
+                                 model_slug=model, q=q, limit=limit, mode=mode)

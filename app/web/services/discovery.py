@@ -11,6 +11,7 @@ from app.store import explanations
 from app.store.catalog import head_shares, sae_on_layer
 from app.store.dashboards import explanation_body
 from app.web.deployment import Deployment
+from app.web.services import semantic
 from app.web.services.errors import NotFound
 from app.web.services.features import sae_or_404
 from app.web.worker_client import WorkerError, WorkerUnavailable
@@ -50,10 +51,16 @@ async def features_on_text(*, deployment: Deployment, session: Session, model: s
     return ranked
 
 
-async def search_page(*, deployment: Deployment, session: Session, model: str | None, q: str, text: str) -> dict:
+async def search_page(*, deployment: Deployment, session: Session, model: str | None, q: str, text: str,
+                      mode: str = "text", indexes: semantic.SemanticIndexes | None = None) -> dict:
     model_slug = model or await deployment.default_name()
-    ctx = {"model_slug": model_slug, "q": q, "text": text, "hits": None, "firing": None, "error": None}
-    if q.strip():
+    ctx = {"model_slug": model_slug, "q": q, "text": text, "hits": None, "firing": None, "error": None,
+           "mode": mode, "note": None}
+    if q.strip() and mode == "semantic" and indexes is not None:
+        found = await semantic.search(deployment=deployment, indexes=indexes, session=session,
+                                      model_slug=model_slug, q=q, limit=50, mode="semantic")
+        ctx["hits"], ctx["note"] = found["results"], found.get("message")
+    elif q.strip():
         ctx["hits"] = search_explanations(session, model_slug=model_slug, q=q, limit=50)
     if text.strip():
         try:
