@@ -88,6 +88,10 @@ def _run(engine, factory, model_slug: str, args, scorers, llm, embed) -> int:
         summary = run(engine, factory, sae_id, model_slug, args.features, params, llm, embed,
                       progress=not args.quiet)
         print(json.dumps(summary))
+        if summary["explained"]:  # what was written is found by meaning too (semantic search)
+            from app.interpret.embedding import Embedder
+
+            _embed(factory, Embedder.shared())
         if summary["stopped"]:
             print(f"saex explain: stopped: {summary['stopped']}", file=sys.stderr)
             return 3
@@ -126,6 +130,6 @@ def _embed(factory, embedder) -> int:
     from app.store import explanation_embeddings
 
     with factory() as session, session.begin():
-        n = explanation_embeddings.embed_explanations(session, embedder.embed)
+        n = explanation_embeddings.embed_explanations(session, embedder.embed, model=embedder.name)
     print(json.dumps({"embedded": n, "model": embedder.name}))
     return 0

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import protocol as P
 from app.store.explanations import MAX_TEXT
 from app.web.auth import WriterDep
-from app.web.deps import SessionDep
-from app.web.services import features, semantic
+from app.web.deps import SessionDep, SettingsDep
+from app.web.ratelimit import RateLimited
+from app.web.services import features, interpretation, semantic
 
 router = APIRouter(prefix="/api/v1", tags=["store"], responses=P.error_responses(400, 413, 422, 503))
 ERR = P.error_responses(404)
@@ -88,6 +89,39 @@ def delete_explanation(sae_id: str, feature: FeaturePath, explanation_id: Featur
     features.remove_explanation(session, model_slug=model, sae_id=sae_id,
                                 feature=feature, explanation_id=explanation_id)
     return Response(status_code=204)
+
+
+class ScoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    scorers: list[Literal["detection", "fuzzing", "embedding"]] = Field(default=["embedding"], min_length=1)
+
+
+class ExplainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    explainer: Literal["baseline", "llm"] = "baseline"
+    scorers: list[Literal["detection", "fuzzing", "embedding"]] = Field(default=["embedding"])
+
+
+@router.post(both(FEATURE + "/score")[0], dependencies=[RateLimited], responses=ERR)
+@router.post(both(FEATURE + "/score")[1], dependencies=[RateLimited], responses=ERR)
+async def score_explanation(sae_id: str, feature: FeaturePath, body: ScoreIn, session: SessionDep, model: ModelDep,
+                            request: Request, settings: SettingsDep) -> dict:
+    """Scores of any explanation text (delphi's detection, fuzzing, embedding); nothing is stored."""
+    return await interpretation.score_text(session, deployment=request.app.state.deployment,
+                                           llm=interpretation.llm_from_settings(settings), model_slug=model,
+                                           sae_id=sae_id, feature=feature, text=body.text, scorers=body.scorers)
+
+
+@router.post(both(FEATURE + "/explain")[0], status_code=201, dependencies=[RateLimited], responses=WRITE_ERR)
+@router.post(both(FEATURE + "/explain")[1], status_code=201, dependencies=[RateLimited], responses=WRITE_ERR)
+async def explain_feature(sae_id: str, feature: FeaturePath, body: ExplainIn, session: SessionDep, key: WriterDep,
+                          model: ModelDep, request: Request, settings: SettingsDep) -> dict:
+    """Explain the feature (baseline or language model), score the explanation, store both."""
+    return await interpretation.explain_feature(session, deployment=request.app.state.deployment,
+                                                llm=interpretation.llm_from_settings(settings), model_slug=model,
+                                                sae_id=sae_id, feature=feature, explainer=body.explainer,
+                                                scorers=body.scorers, author=key.name)
 
 
 def semantic_indexes(request: Request) -> semantic.SemanticIndexes:
