@@ -21,7 +21,7 @@ from app.web.api import model_routes, store_routes
 from app.web.auth import CookieSigner, install_sessions, session_secret, sign_in_gate
 from app.web.deployment import Deployment
 from app.web.deps import DATABASE_DOWN
-from app.web.pages import account, builds, discover, explorer, feature_pages, graph, steering
+from app.web.pages import account, builds, discover, explain_pages, explorer, feature_pages, graph, steering
 from app.web.pages.render import FRONTEND, render
 from app.web.ratelimit import TokenBuckets
 from app.web.services.errors import Invalid, NotFound
@@ -136,6 +136,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.include_router(builds.router)
     app.include_router(graph.router)
     app.include_router(discover.router)
+    app.include_router(explain_pages.router)
     app.include_router(feature_pages.router)
 
     @app.get("/health")

@@ -72,6 +72,9 @@ class WorkerPool:
     def in_process(cls, worker_app, timeout: float = 120.0) -> WorkerPool:
         return cls([in_process_client(worker_app, timeout)], ["in-process worker"], timeout=timeout)
 
+    def first_client(self) -> httpx.AsyncClient:
+        return self._clients[0]
+
     async def close(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self._clients))
 
@@ -220,6 +223,18 @@ class WorkerClient:
 
     async def embed(self, body: P.EmbedRequest) -> P.EmbedResponse:
         return await self._call("embed", body)
+
+    def chat_client(self, max_in_flight: int = 2):
+        """An OpenAI-compatible client of this model's worker's embedded chat model (/llm/v1), set up as that small
+        model needs (one example per scorer prompt, no activation lists)."""
+        from app.interpret.llm import OpenAIChatClient
+
+        http = self.pool.first_client()
+        client = OpenAIChatClient(str(http.base_url).rstrip("/") + "/llm/v1", "SmolLM2-135M-Instruct",
+                                  max_in_flight=max_in_flight, timeout_s=300,
+                                  transport=getattr(http, "_transport", None))
+        client.examples_per_prompt, client.explainer_activations = 1, False
+        return client
 
     async def passed_on(self, endpoint: str, body: BaseModel | None, gzip: bool) -> tuple[bytes, str | None]:
         """The answer of `endpoint` (a key of ENDPOINTS) as the worker sent it, and its Content-Encoding."""

@@ -3,6 +3,7 @@ behind a bounded queue; knows nothing of storage or of how the engine was loaded
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -140,6 +141,37 @@ def sae_layer(engine: Engine, body: P.FeatureRequest) -> int:
     return sae.layer
 
 
+class EmbeddedChatModel:
+    """The embedded chat model (SmolLM2-135M-Instruct) behind the OpenAI-compatible routes of `saex llm serve`, as
+    an ASGI app loaded on its first request (~17 s, ~1 GB): how the web app explains features with no language model
+    server configured. It runs on threads of its own, not the engine's queue."""
+
+    def __init__(self) -> None:
+        self._app = None
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        if self._app is None:
+            async with self._lock:
+                if self._app is None:
+                    try:
+                        from app.interpret.llm_server import build_app
+                        from app.interpret.local_llm import LocalChatModel
+
+                        self._app = build_app(await asyncio.to_thread(LocalChatModel))
+                    except Exception as exc:  # not installed, say: the caller is told, the worker goes on
+                        body = json_bytes({"error": {"message": f"the embedded chat model cannot load: {exc}; "
+                                                     "install it (make install) or configure SAEX_LLM_URL",
+                                                     "type": "server_error"}})
+                        await send({"type": "http.response.start", "status": 501,
+                                    "headers": [(b"content-type", b"application/json")]})
+                        await send({"type": "http.response.body", "body": body})
+                        return
+        await self._app(scope, receive, send)
+
+
 def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float = 60.0,
                       executor: Executor | None = None) -> FastAPI:
     """time_budget_s: the most one request may take, queueing included; steering stops between tokens when it
@@ -213,6 +245,8 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
         hosts(w.engine, body, body.set)
         return await compute(w, lambda: w.engine.discover_circuits(
             body.positive, body.negative, body.task, body.positions, body.max_edges, body.patching, body.ground_truth))
+    app.mount("/llm", EmbeddedChatModel())  # OpenAI-compatible /llm/v1/chat/completions, loaded on first use
+
     @app.post("/v1/windows", response_model=P.WindowsResponse, responses=ERRORS)
     async def windows(body: P.WindowsRequest, w: WorkerDep) -> Response:
         """One feature's activations on token windows, each read as its own prompt (explanation scoring)."""

@@ -57,13 +57,23 @@ def test_score_any_text_with_the_embedding_scorer(web):
     assert web.get(f"/api/v1/saes/L1/features/{f}/explanations").json() == []  # nothing stored
 
 
-def test_llm_scorers_without_a_language_model_say_what_to_set(web):
+def test_bad_scorers_and_features_are_clear_errors(web):
     f = _a_feature(web)
-    r = web.post(f"/api/v1/saes/L1/features/{f}/score", json={"text": "x", "scorers": ["detection"]})
-    assert r.status_code == 422 and "SAEX_LLM_URL" in r.text
     r = web.post(f"/api/v1/saes/L1/features/{f}/score", json={"text": "x", "scorers": ["telepathy"]})
     assert r.status_code == 422
     assert web.post("/api/v1/saes/L1/features/99999/score", json={"text": "x"}).status_code == 404
+    assert web.post("/api/v1/saes/L9/features/1/score", json={"text": "x"}).status_code == 404
+
+
+@pytest.mark.process  # loads the embedded chat model in the worker (~17 s) and asks it ~60 short questions
+def test_detection_through_the_workers_embedded_model(web):
+    f = _a_feature(web)
+    r = web.post(f"/api/v1/saes/L1/features/{f}/score", json={"text": "tokens in a list", "scorers": ["detection"]})
+    assert r.status_code == 200, r.text
+    det = r.json()["scores"]["detection"]
+    assert det["n"] + det["failed"] == r.json()["test_examples"] + r.json()["non_activating"]
+    assert det["n"] > 0  # the small model answered in the format for some examples at least
+    assert det["balanced_accuracy"] is None or 0.0 <= det["balanced_accuracy"] <= 1.0
 
 
 def test_explain_stores_a_scored_baseline_and_lists_it_first(web):
@@ -82,5 +92,31 @@ def test_explain_stores_a_scored_baseline_and_lists_it_first(web):
     listed = web.get(f"/api/v1/saes/L1/features/{f}").json()["explanations"]
     assert listed[0]["id"] == made["id"]  # scored before unscored
     assert listed[1]["method"] == "human" and listed[1]["scores"] == {}
-    r = web.post(url, json={"explainer": "llm"}, headers={"Authorization": f"Bearer {web.key}"})
-    assert r.status_code == 422 and "SAEX_LLM_URL" in r.text
+
+
+def test_feature_page_scores_any_text_and_explains_when_signed_in(web):
+    from tests.web.forms import csrf_token, sign_in
+
+    f = _a_feature(web)
+    page = web.get(f"/tiny/L1/{f}")
+    assert page.status_code == 200 and "Score an explanation" in page.text
+    assert "Explain with the language model" not in page.text  # signed out
+    token = csrf_token(web, f"/tiny/L1/{f}")
+    r = web.post(f"/tiny/L1/{f}/score", data={"text": "digits", "scorer": ["embedding"], "csrf_token": token})
+    assert r.status_code == 200 and 'id="score-result"' in r.text and "embedding" in r.text and "not stored" in r.text
+    r = web.post(f"/tiny/L1/{f}/score", data={"text": "digits", "csrf_token": "forged"})
+    assert r.status_code == 403
+    r = web.post(f"/tiny/L1/{f}/explain", data={"csrf_token": token})
+    assert r.status_code == 401 and "Sign in" in r.text
+    sign_in(web, web.key)
+    assert "Explain with the language model" in web.get(f"/tiny/L1/{f}").text
+    web.cookies.clear()
+
+
+def test_steering_form_shows_the_features_explanation(web):
+    f = _a_feature(web)
+    web.post(f"/api/v1/saes/L1/features/{f}/explanations", json={"text": "a steering-worthy feature"},
+             headers={"Authorization": f"Bearer {web.key}"})
+    page = web.get(f"/tiny/steer?layer=1&feature={f}")
+    assert page.status_code == 200
+    assert "a steering-worthy feature" in page.text or "fires on" in page.text  # its best explanation

@@ -108,8 +108,8 @@ class ExplainIn(BaseModel):
 async def score_explanation(sae_id: str, feature: FeaturePath, body: ScoreIn, session: SessionDep, model: ModelDep,
                             request: Request, settings: SettingsDep) -> dict:
     """Scores of any explanation text (delphi's detection, fuzzing, embedding); nothing is stored."""
-    return await interpretation.score_text(session, deployment=request.app.state.deployment,
-                                           llm=interpretation.llm_from_settings(settings), model_slug=model,
+    return await interpretation.score_text(session, deployment=request.app.state.deployment, settings=settings,
+                                           model_slug=model,
                                            sae_id=sae_id, feature=feature, text=body.text, scorers=body.scorers)
 
 
@@ -119,7 +119,7 @@ async def explain_feature(sae_id: str, feature: FeaturePath, body: ExplainIn, se
                           model: ModelDep, request: Request, settings: SettingsDep) -> dict:
     """Explain the feature (baseline or language model), score the explanation, store both."""
     return await interpretation.explain_feature(session, deployment=request.app.state.deployment,
-                                                llm=interpretation.llm_from_settings(settings), model_slug=model,
+                                                settings=settings, model_slug=model,
                                                 sae_id=sae_id, feature=feature, explainer=body.explainer,
                                                 scorers=body.scorers, author=key.name)
 

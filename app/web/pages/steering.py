@@ -22,20 +22,22 @@ from app.web.worker_client import WorkerError, WorkerUnavailable
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
 
 
-def page(request: Request, model: str, draft: dict, status: int = 200, **ctx) -> Response:
+def page(request: Request, model: str, draft: dict, status: int = 200, session=None, **ctx) -> Response:
+    if session is not None:  # each picked feature's best explanation beside its id
+        service.explain_rows(session=session, model_slug=model, rows=draft.get("interventions") or [])
     return render(request, "steer.html", {"model_slug": model, "draft": draft, "result": None,
                                           "steer_modes": P.STEER_MODES, **ctx}, status)
 
 
 @router.get("/{model}/steer", response_class=HTMLResponse)
-async def steer_form(request: Request, model: str, deployment: DeploymentDep,
+async def steer_form(request: Request, model: str, deployment: DeploymentDep, session: SessionDep,
                      layer: Annotated[int | None, Query(ge=0, le=1000)] = None,
                      feature: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> Response:
     await deployment.model(model)  # NotFound unless a worker hosts it
     draft = {"text": "", "max_new_tokens": 24, "temperature": 0.0, "seed": 0,
              "interventions": [{"layer": "" if layer is None else layer, "feature": "" if feature is None else feature,
                                 "mode": "add", "value": 8.0, "heads": None, "positions": None}]}
-    return page(request, model, draft)
+    return page(request, model, draft, session=session)
 
 
 @router.post("/{model}/steer", response_class=HTMLResponse)
@@ -58,19 +60,19 @@ async def steer_run(request: Request, model: str, deployment: DeploymentDep, ses
                                            save=save)
     except ValidationError as exc:
         problems = "; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in exc.errors()[:4])
-        return page(request, model, draft, 422, error=problems)
+        return page(request, model, draft, 422, session, error=problems)
     except ValueError as exc:
-        return page(request, model, draft, 422, error=str(exc))
+        return page(request, model, draft, 422, session, error=str(exc))
     except WorkerError as exc:
-        return page(request, model, draft, exc.status if exc.status < 500 else 503, error=exc.detail)
+        return page(request, model, draft, exc.status if exc.status < 500 else 503, session, error=exc.detail)
     except WorkerUnavailable as exc:
-        return page(request, model, draft, 503, error=f"The inference worker is unavailable: {exc.detail}")
+        return page(request, model, draft, 503, session, error=f"The inference worker is unavailable: {exc.detail}")
     if out.permalink is None:
-        return page(request, model, draft, result=out.model_dump())
+        return page(request, model, draft, session=session, result=out.model_dump())
     return redirect(request, out.permalink)
 
 
 @router.get("/s/{result_id}", response_class=HTMLResponse)
 def steer_result(request: Request, result_id: str, session: SessionDep) -> Response:
     model, body, result = service.saved_steering(session=session, result_id=result_id)
-    return page(request, model, service.draft_of(body), result=result, saved_id=result_id)
+    return page(request, model, service.draft_of(body), session=session, result=result, saved_id=result_id)

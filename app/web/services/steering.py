@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import protocol as P
-from app.store import results
+from app.store import explanations, results
+from app.store.models import ModelRecord, SAERecord
 from app.web.deployment import Deployment
 from app.web.services.errors import NotFound
 
@@ -100,3 +102,21 @@ def saved_steering(*, session: Session, result_id: str) -> tuple[str, P.SteerReq
     request = saved.payload["request"]
     return saved.model_slug, P.SteerRequest.model_validate({**request, "model": request.get("model")}), \
         saved.payload["result"]
+
+
+def explain_rows(*, session: Session, model_slug: str, rows: list[dict]) -> None:
+    """Each intervention row naming a layer and feature gets its best explanation (row["explanation"])."""
+    wanted: dict[int, set[int]] = {}
+    for row in rows:
+        if str(row.get("layer", "")).isdigit() and str(row.get("feature", "")).isdigit():
+            wanted.setdefault(int(row["layer"]), set()).add(int(row["feature"]))
+    texts: dict[tuple[int, int], str] = {}
+    for layer, features in wanted.items():
+        sae = session.scalars(select(SAERecord).join(ModelRecord).where(
+            ModelRecord.slug == model_slug, SAERecord.layer == layer).order_by(SAERecord.id)).first()
+        if sae is not None:
+            texts |= {(layer, f): t for f, t in explanations.best_text(session, sae=sae, features=features).items()}
+    for row in rows:
+        key = (row.get("layer"), row.get("feature"))
+        if str(key[0]).isdigit() and str(key[1]).isdigit():
+            row["explanation"] = texts.get((int(key[0]), int(key[1])))
