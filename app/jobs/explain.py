@@ -5,7 +5,6 @@ engine (to check non-activating windows and embed text) with any language model 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from app.interpret.explainers import BASELINE_VERSION
 from app.interpret.llm import BudgetExhausted, LLMClient
 from app.store import dashboards, explanations
 from app.store.corpus_windows import sample_windows
+from app.store.delphi_format import write_delphi_explanation, write_delphi_scores, write_run_config
 from app.store.models import SAERecord
 
 POOL_WINDOWS = 1024  # candidate non-activating windows per SAE, read once for every feature of a run
@@ -94,15 +94,6 @@ def _done(session: Session, sae: SAERecord, feature: int, method: str, version: 
     return record is not None and all(s in (record.scores or {}) for s in scorers)
 
 
-def _write_delphi(folder: Path, module: str, feature: int, text: str, rows: dict[str, list[dict]]) -> None:
-    (folder / "explanations").mkdir(parents=True, exist_ok=True)
-    (folder / "explanations" / f"{module}_latent{feature}.txt").write_text(json.dumps(text))
-    for scorer, score_rows in rows.items():
-        d = folder / "scores" / ("fuzz" if scorer == "fuzzing" else scorer)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"{module}_latent{feature}.txt").write_text(json.dumps(score_rows))
-
-
 def run(engine: Engine, factory: sessionmaker[Session], sae_slug: str, model_slug: str, features: str,
         params: RunParams, llm: LLMClient | None, embed: Callable[[list[str]], np.ndarray] | None,
         progress: bool = True) -> dict:
@@ -126,6 +117,10 @@ def run(engine: Engine, factory: sessionmaker[Session], sae_slug: str, model_slu
     summary = {"sae": sae_slug, "method": method, "asked": len(wanted), "without_dashboard": len(set(wanted) - built),
                "already_done": len(wanted) - len(set(wanted) - built) - len(todo), "explained": 0,
                "too_few_examples": 0, "stopped": None}
+    if params.delphi_dir is not None:  # import_delphi reads the method back from the explainer model named here
+        write_run_config(params.delphi_dir, hookpoints=[sae.hook_name], scorers=params.scorers,
+                         explainer_model=None if llm is None or params.explainer == "baseline" else llm.name,
+                         extra={"saex_method": method, "saex_prompt_version": version})
     bar = tqdm(total=len(todo), unit="feature", desc=f"explain {sae_slug}", disable=not progress)
 
     async def embed_async(texts: list[str]) -> np.ndarray:
@@ -151,8 +146,9 @@ def run(engine: Engine, factory: sessionmaker[Session], sae_slug: str, model_slu
                                 author=method, source="automatic", method=method, prompt_version=version,
                                 scores=result.scores, score=result.headline)
         if params.delphi_dir is not None:
-            _write_delphi(params.delphi_dir, sae.hook_name,
-                          feature, explained.text, result.rows)
+            write_delphi_explanation(params.delphi_dir, sae.hook_name, feature, explained.text)
+            for scorer, rows in result.rows.items():
+                write_delphi_scores(params.delphi_dir, sae.hook_name, feature, scorer, rows)
         summary["explained"] += 1
         bar.update(1)
 
