@@ -173,7 +173,7 @@ def _features(url: str, layer: int) -> tuple[int, list[str]]:
 def test_dashboard_build_killed_then_resumed(tmp_path):
     layer, d_sae = 1, 2048
     cmd = ["dashboards", "build", "--tokens", "32768", "--layers", str(layer), "--batch-size", "8",
-           "--checkpoint-seconds", "1"]
+           "--checkpoint-seconds", "1", "--no-explain"]  # dashboards alone: baseline explanations come after
 
     def env(name: str) -> dict:
         return {"DATABASE_URL": f"sqlite:///{tmp_path / name}.db", "SAEX_DATA_DIR": str(tmp_path / name)}
