@@ -70,6 +70,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, model=args.model, saes=args.sae, device=args.device,
                                  worker_urls=args.worker_url, queue_size=args.queue_size, threads=args.threads,
                                  model_slug=args.model_slug, sae_set=args.sae_set)
+        if settings.secret_key:  # a guessable secret refuses at once, before the model loads
+            from app.web.auth import check_secret
+
+            check_secret(settings.secret_key)
         upgrade(settings.resolved_database_url)
         engine, worker_app, executor = None, None, None
         if not settings.worker_urls:  # the embedded default: an in-process worker, missing dashboards built behind it

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -187,6 +188,25 @@ class ExplanationRecord(Base):
     scores: Mapped[dict | None]  # {"detection": {"balanced_accuracy", "f1", "auroc", "n"}, "fuzzing": ..., ...}
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # the key that wrote it (None: an automatic explanation, an import, or written before keys were recorded):
+    # only that key, or an admin key, may edit or delete it
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
+
+
+class ExplanationEdit(Base):
+    """One edit or deletion of an explanation: the text before, who changed it and when. No foreign key to the
+    explanation, so that a deletion's record outlives it."""
+
+    __tablename__ = "explanation_edits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    explanation_id: Mapped[int] = mapped_column(index=True)
+    action: Mapped[str] = mapped_column(String(8))  # "edit" or "delete"
+    old_text: Mapped[str] = mapped_column(Text)
+    new_text: Mapped[str | None] = mapped_column(Text)  # None for a deletion
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    editor: Mapped[str] = mapped_column(String(200))  # the key's name then
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ExplanationEmbedding(Base):
@@ -209,6 +229,11 @@ class SavedResult(Base):
     model_slug: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # who saved it, for quotas: "key:<id>" or "ip:<address hash>" (None: saved before quotas were kept)
+    owner: Mapped[str | None] = mapped_column(String(80))
+    size_bytes: Mapped[int | None]  # the payload's JSON size
+
+    __table_args__ = (Index("ix_saved_results_owner_created_at", "owner", "created_at"),)
 
 
 class APIKey(Base):
@@ -221,7 +246,21 @@ class APIKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")  # may edit anyone's writes
+
+
+class BrowserSession(Base):
+    """A signed-in browser's session, on the server: signing out ends it, and it expires here whatever its cookie
+    says. The cookie carries the session's id; this table keeps only its sha256."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the id in the cookie
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 __all__ = ["Base", "ModelRecord", "SAERecord", "TokenRecord", "DashboardBuild", "BuildRun", "FeatureRecord",
-           "ExampleRecord", "ExplanationRecord", "SavedResult", "APIKey"]
+           "ExampleRecord", "ExplanationRecord", "ExplanationEdit", "SavedResult", "APIKey", "BrowserSession"]

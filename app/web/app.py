@@ -18,7 +18,7 @@ from app.serving.asgi import Hooks
 from app.serving.compression import Compressed
 from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
-from app.web.auth import CookieSigner, install_sessions, session_secret, sign_in_gate
+from app.web.auth import CookieSigner, install_sessions, live_session, session_secret, sign_in_gate
 from app.web.deployment import Deployment
 from app.web.deps import DATABASE_DOWN
 from app.web.pages import account, builds, discover, explain_pages, explorer, feature_pages, graph, steering
@@ -43,6 +43,8 @@ TITLES = {401: "Sign-in needed", 403: "Not allowed", 404: "Not found", 413: "Too
 def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     """worker_app: an in-process worker (an ASGI app) for the embedded default; otherwise the web app talks to
     settings.worker_urls over HTTP, each hosting a model and SAE set it names in /v1/info."""
+    # first: a guessable secret (the example's placeholder, or short) refuses to start before anything else
+    signer = CookieSigner(session_secret(settings.secret_key, settings.data_dir), settings.session_hours * 3600)
     fallback = settings.served_slug()  # the first model's name while no worker has said which it hosts
     if worker_app is not None:
         deployment = Deployment.in_process(worker_app, fallback)
@@ -58,9 +60,9 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         await deployment.close()
         db.dispose()
 
-    signer = CookieSigner(session_secret(settings.secret_key, settings.data_dir), settings.session_hours * 3600)
     app = FastAPI(title="SAE Explorer", version="0.1.0", lifespan=lifespan,
-                  dependencies=[Depends(sign_in_gate)] if settings.read_requires_sign_in else [],
+                  dependencies=[Depends(live_session)] + ([Depends(sign_in_gate)] if settings.read_requires_sign_in
+                                                          else []),
                   description="Attention-output SAE features: dashboards, explanations, prompt analysis, steering. "
                               "Reading is open unless the server requires sign-in; writes need an API key "
                               "(X-API-Key header) or a signed-in browser session with its CSRF token.")

@@ -2,9 +2,10 @@
 made by signing in with a key) whose CSRF token every form post and every cookie-authenticated write must carry;
 knows nothing of torch.
 
-The cookie holds {key id, key name, CSRF token, expiry}, signed with the app's secret; it is HttpOnly and
-SameSite=Lax. Every browser gets one (anonymous until it signs in) so that even anonymous form posts carry a token.
-A revoked key ends its sessions at their next write: the key is looked up live each time it is used.
+The cookie holds {session id, key id, key name, CSRF token, expiry}, signed with the app's secret; it is HttpOnly
+and SameSite=Lax. Every browser gets one (anonymous until it signs in) so that even anonymous form posts carry a
+token. A signed-in session also lives on the server (app.store.keys' browser sessions), checked at every request
+that carries one: signing out ends it there, it expires there whatever the cookie says, and a revoked key ends it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 
 from app.serving.asgi import Hooks, cookie_header
@@ -39,15 +42,16 @@ class BrowserSession:
     key_id: int | None = None
     name: str | None = None
     expires: int = 0
+    sid: str | None = None  # the server-side session's id (signed in only)
 
 
 class CookieSigner:
     """base64(json) + "." + base64(HMAC-SHA256(secret, that)); anything tampered, malformed or expired is None."""
 
     def __init__(self, secret: bytes, max_age_s: int) -> None:
-        if len(secret) < 16:
-            raise ValueError("the session secret must be at least 16 bytes: set SAEX_SECRET_KEY to a long random "
-                             "string (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"the session secret must be at least {MIN_SECRET_BYTES} bytes: set SAEX_SECRET_KEY to "
+                             f"a long random string ({MAKE_SECRET})")
         self._secret, self.max_age_s = secret, max_age_s
 
     def _mac(self, payload: bytes) -> bytes:
@@ -71,10 +75,28 @@ class CookieSigner:
         return s if s.expires > time.time() else None
 
 
+PLACEHOLDER_SECRETS = frozenset({"change-me-to-a-long-random-string", "change-me"})  # .env.example's, and the like
+MIN_SECRET_BYTES = 32
+MAKE_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
+
+
+def check_secret(configured: str) -> None:
+    """ValueError (saying how to make one) for a secret anyone could guess: the example's placeholder, or one
+    shorter than MIN_SECRET_BYTES."""
+    if configured.strip() in PLACEHOLDER_SECRETS or configured.strip().lower().startswith("change-me"):
+        raise ValueError("SAEX_SECRET_KEY is the placeholder from .env.example, which anyone can read: with it, "
+                         f"anyone can forge a signed-in session. Make a secret with {MAKE_SECRET} and set it")
+    if len(configured.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"SAEX_SECRET_KEY is {len(configured.encode())} bytes; it must be at least "
+                         f"{MIN_SECRET_BYTES} random bytes. Make one with {MAKE_SECRET}")
+
+
 def session_secret(configured: str | None, data_dir: Path) -> bytes:
-    """The configured secret, or one made once and kept in the data directory (readable by its owner only), so
-    that sessions survive restarts of a single web process. Several web processes need SAEX_SECRET_KEY."""
+    """The configured secret (refused when guessable, see check_secret), or one made once and kept in the data
+    directory (readable by its owner only), so that sessions survive restarts of a single web process. Several web
+    processes need SAEX_SECRET_KEY."""
     if configured:
+        check_secret(configured)
         return configured.encode()
     path = data_dir / "session_secret"
     if not path.exists():
@@ -101,6 +123,26 @@ def install_sessions(app: FastAPI, signer: CookieSigner, *, secure: bool) -> Non
                                                        secure=secure, path="/"))
 
     app.add_middleware(Hooks, begin=begin, start=start)
+
+
+def _check_live(request: Request) -> None:
+    browser: BrowserSession = request.state.browser
+    try:
+        with request.app.state.sessions() as session, session.begin():
+            record = keys.live_browser_session(session, sid=browser.sid or "", key_id=browser.key_id)
+    except DATABASE_DOWN as exc:
+        raise HTTPException(503, "the database is unavailable; retry shortly", headers={"Retry-After": "5"}) from exc
+    if record is None:  # signed out, expired on the server, or its key revoked: anonymous from here on
+        start_session(request, None)
+
+
+async def live_session(request: Request) -> None:
+    """An app-wide dependency: a cookie that says "signed in" counts only while its server-side session is live.
+    Anonymous browsers (most requests) cost nothing here."""
+    browser: BrowserSession | None = getattr(request.state, "browser", None)
+    if browser is not None and browser.key_id is not None and not getattr(request.state, "session_checked", False):
+        request.state.session_checked = True
+        await run_in_threadpool(_check_live, request)
 
 
 def _header_key(x_api_key: str | None, authorization: str | None) -> str | None:
@@ -132,11 +174,29 @@ def sign_in_gate(request: Request) -> None:
     raise HTTPException(303, "sign in first", headers={"Location": f"/sign-in?next={quote(request.url.path)}"})
 
 
-def start_session(request: Request, record: APIKey | None) -> None:
-    """Sign in as record (None: sign out); a fresh CSRF token either way, so a token seen before is worthless."""
+def start_session(request: Request, record: APIKey | None, sid: str | None = None) -> None:
+    """This browser's cookie now says signed in as record with server-side session sid (None: anonymous); a fresh
+    CSRF token either way, so a token seen before is worthless."""
     request.state.browser = BrowserSession(key_id=record.id if record else None, name=record.name if record else None,
-                                           expires=int(time.time()) + request.app.state.session_max_age_s)
+                                           expires=int(time.time()) + request.app.state.session_max_age_s,
+                                           sid=sid if record else None)
     request.state.browser_changed = True
+    request.state.session_checked = True
+
+
+def sign_in_browser(request: Request, session: Session, record: APIKey) -> None:
+    """Sign this browser in as record: a new server-side session (any earlier one of this browser ends)."""
+    sign_out_browser(request, session)
+    sid = keys.begin_browser_session(session, key_id=record.id, max_age_s=request.app.state.session_max_age_s)
+    start_session(request, record, sid)
+
+
+def sign_out_browser(request: Request, session: Session) -> None:
+    """End this browser's server-side session, so its cookie, replayed from anywhere, signs nobody in."""
+    browser: BrowserSession = request.state.browser
+    if browser.sid:
+        keys.end_browser_session(session, sid=browser.sid)
+    start_session(request, None)
 
 
 async def sent_csrf_token(request: Request) -> str:

@@ -170,4 +170,5 @@ def test_session_secret_is_made_once_and_private(tmp_path):
     first = session_secret(None, tmp_path / "data")
     assert session_secret(None, tmp_path / "data") == first and len(first) >= 32
     assert stat.S_IMODE((tmp_path / "data" / "session_secret").stat().st_mode) == 0o600
-    assert session_secret("configured-secret-value", tmp_path / "data") == b"configured-secret-value"
+    configured = "configured-secret-value-" + "x" * 16  # 32 bytes at least (issue 17: shorter ones are refused)
+    assert session_secret(configured, tmp_path / "data") == configured.encode()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.store import keys
-from app.web.auth import csrf_protect, start_session
+from app.web.auth import csrf_protect, sign_in_browser, sign_out_browser
 from app.web.deps import SessionDep, SettingsDep
 from app.web.pages.render import render
 
@@ -37,11 +37,12 @@ def sign_in(request: Request, session: SessionDep, settings: SettingsDep,
             "model_slug": settings.served_slug(), "next": safe_next(next),
             "error": "That API key is unknown or revoked: paste the whole key (saex_...) an admin made for you with "
                      "`saex keys create --name YOU`."}, status_code=403)
-    start_session(request, record)
+    sign_in_browser(request, session, record)
     return RedirectResponse(safe_next(next), status_code=303)
 
 
 @router.post("/sign-out")
-def sign_out(request: Request) -> Response:
-    start_session(request, None)
+def sign_out(request: Request, session: SessionDep) -> Response:
+    """Ends the session on the server too: its cookie, replayed later, signs nobody in."""
+    sign_out_browser(request, session)
     return RedirectResponse("/", status_code=303)
