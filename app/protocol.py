@@ -243,6 +243,9 @@ class GraphRequest(DFARequest):
     threshold: Float = Field(default=0.02, ge=0.0, le=1.0, description="links under this share of their target's "
                              "|value| go to its pruned node")
     top_n: Int = Field(default=10, ge=1, le=100, description="links kept per node, largest |weight| first")
+    expand: list[Annotated[str, Field(pattern=r"^f:\d+:\d+:\d+$", max_length=40)]] = Field(
+        default_factory=list, max_length=64, description="feature node ids (f:layer:position:feature) opened one "
+        "more level wherever the graph reaches them, past max_depth too")
 
 
 GraphNodeKind = Literal["feature", "token", "position", "sae_error", "attn_out", "mlp", "bias", "pruned"]

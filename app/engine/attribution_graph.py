@@ -26,6 +26,7 @@ contributes to the nodes shown).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -203,20 +204,22 @@ def _node(node_id: str, value: float) -> dict:
 
 def attribution_graph(model: HookedTransformer, saes: dict[int, AttnSAE], ids: torch.Tensor, layer: int,
                       position: int, feature: int, max_depth: int = 2, threshold: float = 0.02,
-                      top_n: int = 10) -> dict:
+                      top_n: int = 10, expand: Collection[str] = ()) -> dict:
     """The graph of feature `feature` of layer `layer`'s SAE at `position` of token ids (1, T), as the contract's
     {"root", "nodes", "links"}. Per expanded node, links (source, head) under threshold·|value| or past the top_n
     largest by |weight| are summed into one `pruned` link; the bias link is always kept. Feature nodes are opened
-    breadth first to max_depth levels (the root is level 1), at most MAX_EXPANDED of them."""
+    breadth first to max_depth levels (the root is level 1), at most MAX_EXPANDED of them; a feature node whose id
+    is in `expand` is opened wherever the graph reaches it, past max_depth too (its new sources are not, unless
+    named as well), so that a page can open a leaf in place. Ids in `expand` the graph never reaches are ignored."""
     why = unsupported(model)
     if why is not None:
         raise ValueError(f"attribution graphs need a pre-norm LayerNorm transformer: {why}")
     with torch.inference_mode():
-        return _graph(model, saes, ids, layer, position, feature, max_depth, threshold, top_n)
+        return _graph(model, saes, ids, layer, position, feature, max_depth, threshold, top_n, frozenset(expand))
 
 
 def _graph(model: HookedTransformer, saes: dict[int, AttnSAE], ids: torch.Tensor, layer: int, position: int,
-           feature: int, max_depth: int, threshold: float, top_n: int) -> dict:
+           feature: int, max_depth: int, threshold: float, top_n: int, expand: frozenset[str]) -> dict:
     fr = _Frozen(model, saes, ids, layer)
     root = f"f:{layer}:{position}:{feature}"
     values: dict[str, float] = {root: float(fr.layers[layer].pre[position, feature])}
@@ -239,7 +242,7 @@ def _graph(model: HookedTransformer, saes: dict[int, AttnSAE], ids: torch.Tensor
                 seen.add(source)
                 sl, st, sf = _feature_of(source)
                 values[source] = float(fr.layers[sl].pre[st, sf])
-                if depth < max_depth:
+                if depth < max_depth or source in expand:
                     queue.append((source, depth + 1))
         links.append({"source": f"bias:{target}", "target": target, "weight": bias, "head": None})
         if order.numel() < flat.numel():

@@ -9,6 +9,7 @@ deadline raises OverBudget.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -306,8 +307,9 @@ class Engine:
     # --- attention circuits -----------------------------------------------------------------------------------
 
     def graph(self, text: str, layer: int, feature: int, position: int, max_depth: int = 2, threshold: float = 0.02,
-              top_n: int = 10) -> dict:
-        """The attribution graph of a feature's pre-activation at a position (app/engine/attribution_graph.py)."""
+              top_n: int = 10, expand: Sequence[str] = ()) -> dict:
+        """The attribution graph of a feature's pre-activation at a position (app/engine/attribution_graph.py);
+        `expand`: feature node ids (f:L:s:g) opened one more level wherever the graph reaches them."""
         from app.engine.attribution_graph import MAX_GRAPH_TOKENS, attribution_graph, unsupported
 
         sae = self.sae(layer)
@@ -328,7 +330,10 @@ class Engine:
             raise NotFound(f"position {position} is outside the prompt: its {ids.shape[1]} tokens are at positions "
                            f"0 to {ids.shape[1] - 1} (BOS included)")
         saes = {i: s for i, s in self.saes.items() if i <= layer}
-        graph = attribution_graph(self.model, saes, ids, layer, position, feature, max_depth, threshold, top_n)
+        if any(not re.fullmatch(r"f:\d+:\d+:\d+", e) for e in expand):
+            raise Invalid(f"expand takes feature node ids f:layer:position:feature, got {list(expand)[:4]}")
+        graph = attribution_graph(self.model, saes, ids, layer, position, feature, max_depth, threshold, top_n,
+                                  expand)
         token_ids = ids[0].tolist()
         return {"tokens": self.to_str(token_ids), "token_ids": token_ids, **graph}
 

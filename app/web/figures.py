@@ -101,11 +101,14 @@ def graph_positions(graph: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
-def attribution_graph(graph: dict, urls: dict[str, str] | None = None) -> dict:
+def attribution_graph(graph: dict, urls: dict[str, str] | None = None,
+                      expand_urls: dict[str, str] | None = None) -> dict:
     """Nodes at (position, layer) sized by |value|, links as lines as wide as |weight| (blue positive, red
-    negative) with a hover point at each link's middle naming its head; `urls` (node id -> page) go in customdata,
+    negative) with a hover point at each link's middle naming its head; per node, its `expand_urls` entry (node id
+    -> this graph with that node opened) or else its `urls` entry (node id -> its feature page) goes in customdata,
     which the page's script follows on click."""
-    urls = urls or {}
+    urls, expand_urls = urls or {}, expand_urls or {}
+    clicks = {**urls, **expand_urls}
     tokens = graph.get("tokens", [])
     nodes = {n["id"]: n for n in graph["nodes"]}
     xy = graph_positions(graph)
@@ -143,9 +146,10 @@ def attribution_graph(graph: dict, urls: dict[str, str] | None = None) -> dict:
             "text": [str(n["feature"]) for n in members] if kind in ("root", "feature") else None,
             # labels of nodes left of their cell's centre go below them, so that neighbours' labels do not collide
             "textposition": ["bottom center" if xy[n["id"]][0] < round(xy[n["id"]][0]) else "top center"
-                             for n in members], "customdata": [urls.get(n["id"], "") for n in members],
+                             for n in members], "customdata": [clicks.get(n["id"], "") for n in members],
             "hovertext": [f"{n['kind']} {n['id']}<br>{node_label(n, tokens)}<br>value {n['value']:.4g}"
-                          + ("<br>click: its feature page" if n["id"] in urls else "") for n in members],
+                          + ("<br>click: open it here (its sources)" if n["id"] in expand_urls
+                             else "<br>click: its feature page" if n["id"] in urls else "") for n in members],
             "hoverinfo": "text",
             "marker": {"size": [max(18 if kind == "root" else 0, round(8 + 22 * (abs(n["value"]) / node_peak) ** 0.5,
                                                                   1)) for n in members],

@@ -237,7 +237,7 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
         """An attribution graph (recursive DFA) of a feature's pre-activation at a position."""
         layer = sae_layer(w.engine, body)
         return await compute(w, lambda: w.engine.graph(body.text, layer, body.feature, body.position, body.max_depth,
-                                                       body.threshold, body.top_n))
+                                                       body.threshold, body.top_n, body.expand))
 
     @app.post("/v1/circuits/discover", response_model=P.DiscoverResponse, responses=ERRORS)
     async def discover_circuits(body: P.DiscoverRequest, w: WorkerDep) -> Response:
