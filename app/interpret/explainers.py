@@ -4,6 +4,7 @@ heads its attention reads, the tokens it promotes); knows nothing of the store, 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -44,7 +45,8 @@ def _shown(token: str) -> str:
     """A token as a reader can see it: stripped, or its whitespace spelled out."""
     if token.strip():
         return token.strip()
-    return token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "␣")
+    shown = token.replace("\n", "\\n").replace("\t", "\\t")
+    return re.sub(r" {4,}", lambda m: f"␣×{len(m.group(0))}", shown).replace(" ", "␣")
 
 
 def _quoted(tokens: list[str]) -> str:
