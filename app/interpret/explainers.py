@@ -44,7 +44,8 @@ async def explain_llm(llm: LLMClient, train: list[Example], max_activation: floa
 def _shown(token: str) -> str:
     """A token as a reader can see it: stripped, or its whitespace spelled out."""
     if token.strip():
-        return token.strip()
+        token = token.strip()
+        return token if len(token) <= 16 else token[:12] + "…"
     shown = token.replace("\n", "\\n").replace("\t", "\\t")
     return re.sub(r" {4,}", lambda m: f"␣×{len(m.group(0))}", shown).replace(" ", "␣")
 
