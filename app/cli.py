@@ -195,6 +195,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
             from app.jobs.explain import baseline_where_missing
 
             summary["baseline_explanations"] = baseline_where_missing(factory, engine.name, progress=not args.quiet)
+            summary["embedded_explanations"] = _embed_new_explanations(factory)
     except BaseException as exc:  # the page says why; the traceback goes to the log
         run.fail(exc)
         raise
@@ -202,6 +203,20 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     db.dispose()
     print(json.dumps(summary))
     return 0
+
+
+def _embed_new_explanations(factory) -> int | str:
+    """Sentence embeddings of the explanations that have none, for semantic search (~200 a second); the reason
+    instead when the embedding model is not installed."""
+    from app.interpret.embedding import Embedder
+    from app.store import explanation_embeddings
+
+    try:
+        embedder = Embedder.shared()
+    except (RuntimeError, OSError) as exc:
+        return f"skipped: {exc}"
+    with factory() as session, session.begin():
+        return explanation_embeddings.embed_explanations(session, embedder.embed, model=embedder.name)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -285,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("action", choices=["create", "revoke", "list"])
     k.add_argument("--name", default="key")
     k.add_argument("--id", type=int)
+    k.add_argument("--admin", action="store_true", help="create an admin key: it may edit or delete anyone's "
+                   "explanations, and sees /ready's detail")
     k.add_argument("--config", type=Path)
     k.set_defaults(func=cmd_keys)
 

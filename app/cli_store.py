@@ -27,10 +27,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     upgrade(url)
     with transaction(make_sessionmaker(make_engine(url))) as session:
         if args.action == "create":
-            key, record = keys.create_key(session, name=args.name)
+            key, record = keys.create_key(session, name=args.name, admin=getattr(args, "admin", False))
             print(key)
-            print(f"saex keys: created key {record.id} ({record.prefix}...) for {args.name!r}; it is shown only once",
-                  file=sys.stderr)
+            role = "an admin key" if record.admin else "key"
+            print(f"saex keys: created {role} {record.id} ({record.prefix}...) for {args.name!r}; it is shown only "
+                  "once", file=sys.stderr)
         elif args.action == "revoke":
             if keys.revoke(session, key_id=args.id) is None:
                 print(f"saex keys: no key {args.id}", file=sys.stderr)
@@ -39,7 +40,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         else:
             for k in keys.list_keys(session):
                 state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "live"
-                print(f"{k.id}\t{k.prefix}...\t{k.name}\t{state}")
+                print(f"{k.id}\t{k.prefix}...\t{k.name}\t{state}" + ("\tadmin" if k.admin else ""))
     return 0
 
 

@@ -1,22 +1,24 @@
 """Explanations of features: create, edit, delete, list, and full-text search (Postgres full-text search; every
-word as a substring on SQLite); knows nothing of torch or HTTP."""
+word as a substring on SQLite); who may change one (the key that wrote it, or an admin key) and the history of its
+edits; knows nothing of torch or HTTP."""
 
 from __future__ import annotations
 
 from sqlalchemy import and_, func, literal_column, select
 from sqlalchemy.orm import Session
 
-from app.store.models import ExplanationRecord, ModelRecord, SAERecord, utcnow
+from app.store.models import APIKey, ExplanationEdit, ExplanationRecord, ModelRecord, SAERecord, utcnow
 
 MAX_TEXT = 2000
 
 
 def create(session: Session, *, sae: SAERecord, feature: int, text: str, author: str, source: str = "human",
            score: float | None = None, method: str | None = None, prompt_version: str | None = None,
-           scores: dict | None = None) -> ExplanationRecord:
+           scores: dict | None = None, key_id: int | None = None) -> ExplanationRecord:
+    """key_id: the key writing it, which alone (with admin keys) may change it later; None for automatic ones."""
     record = ExplanationRecord(sae_id=sae.id, feature=feature, text=text.strip(), author=author, source=source,
                                score=score, method=method or ("human" if source == "human" else "imported"),
-                               prompt_version=prompt_version, scores=scores)
+                               prompt_version=prompt_version, scores=scores, key_id=key_id)
     session.add(record)
     session.flush()
     return record
@@ -52,6 +54,36 @@ def update(session: Session, *, record: ExplanationRecord, text: str) -> Explana
 def delete(session: Session, *, record: ExplanationRecord) -> None:
     session.delete(record)
     session.flush()
+
+
+def may_change(record: ExplanationRecord, key: APIKey) -> bool:
+    """An admin key may change any explanation; any other key only those it wrote. Automatic ones (baseline,
+    language model, imported: written with no key) and those written before keys were recorded: admins only."""
+    return bool(key.admin) or (record.key_id is not None and record.key_id == key.id)
+
+
+def edit(session: Session, *, record: ExplanationRecord, text: str, by: APIKey) -> ExplanationRecord:
+    """update(), with the old text, the editor and the time kept in the explanation's history."""
+    old = record.text
+    update(session, record=record, text=text)
+    if record.text != old:
+        session.add(ExplanationEdit(explanation_id=record.id, action="edit", old_text=old, new_text=record.text,
+                                    key_id=by.id, editor=by.name))
+        session.flush()
+    return record
+
+
+def remove(session: Session, *, record: ExplanationRecord, by: APIKey) -> None:
+    """delete(), with the text it had, who deleted it and when kept in its history."""
+    session.add(ExplanationEdit(explanation_id=record.id, action="delete", old_text=record.text, new_text=None,
+                                key_id=by.id, editor=by.name))
+    delete(session, record=record)
+
+
+def history(session: Session, *, explanation_id: int) -> list[ExplanationEdit]:
+    """The explanation's edits and deletion, oldest first."""
+    return list(session.scalars(select(ExplanationEdit).where(ExplanationEdit.explanation_id == explanation_id)
+                                .order_by(ExplanationEdit.id)))
 
 
 BEST_FIRST = (ExplanationRecord.score.desc().nulls_last(), ExplanationRecord.updated_at.desc(),

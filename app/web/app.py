@@ -25,6 +25,7 @@ from app.web.pages import account, builds, discover, explain_pages, explorer, fe
 from app.web.pages.render import FRONTEND, render
 from app.web.ratelimit import TokenBuckets
 from app.web.services.errors import Invalid, NotFound
+from app.web.services.features import NotAllowed
 from app.web.worker_client import WorkerError, WorkerUnavailable
 
 # Only the app's own scripts run; styles may be inline (token colours, Plotly's and htmx's own style elements)
@@ -104,6 +105,10 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound):
         return error(request, 404, str(exc))
+
+    @app.exception_handler(NotAllowed)
+    async def _not_allowed(request: Request, exc: NotAllowed):  # a key changing what is not its own
+        return error(request, 403, str(exc))
 
     @app.exception_handler(Invalid)
     async def _invalid(request: Request, exc: Invalid):  # input the service could not use: what to change

@@ -71,7 +71,7 @@ def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn,
                           session: SessionDep, key: WriterDep, model: ModelDep) -> dict:
     return features.add_explanation(session, model_slug=model, sae_id=sae_id,
                                     feature=feature, text=body.text, author=key.name, source=body.source,
-                                    score=body.score)
+                                    score=body.score, key=key)
 
 
 @router.patch(both(EXPLANATION)[0], responses=WRITE_ERR)
@@ -79,7 +79,7 @@ def add_explanation(sae_id: str, feature: FeaturePath, body: ExplanationIn,
 def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath,
                            body: ExplanationEdit, session: SessionDep, key: WriterDep, model: ModelDep) -> dict:
     return features.edit_explanation(session, model_slug=model, sae_id=sae_id,
-                                     feature=feature, explanation_id=explanation_id, text=body.text)
+                                     feature=feature, explanation_id=explanation_id, text=body.text, by=key)
 
 
 @router.delete(both(EXPLANATION)[0], status_code=204, responses=WRITE_ERR)
@@ -87,7 +87,7 @@ def edit_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeatureP
 def delete_explanation(sae_id: str, feature: FeaturePath, explanation_id: FeaturePath,
                              session: SessionDep, key: WriterDep, model: ModelDep) -> Response:
     features.remove_explanation(session, model_slug=model, sae_id=sae_id,
-                                feature=feature, explanation_id=explanation_id)
+                                feature=feature, explanation_id=explanation_id, by=key)
     return Response(status_code=204)
 
 

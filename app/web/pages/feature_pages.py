@@ -78,10 +78,10 @@ def change_explanation_form(request: Request, model: str, sae_id: str, feature: 
         return render(request, "explanations.html", {**ctx, "form_error": SIGN_IN}, status_code=401)
     if action == "delete":
         services.remove_explanation(session, model_slug=model, sae_id=sae_id, feature=feature,
-                                    explanation_id=explanation_id)
+                                    explanation_id=explanation_id, by=who)
     elif text.strip():
         services.edit_explanation(session, model_slug=model, sae_id=sae_id, feature=feature,
-                                  explanation_id=explanation_id, text=text)
+                                  explanation_id=explanation_id, text=text, by=who)
     else:
         ctx = feature_context(session, model, sae_id, feature)
         ctx["form_error"] = "An explanation cannot be empty: delete it instead."
@@ -99,6 +99,6 @@ def add_explanation_form(request: Request, model: str, sae_id: str, feature: Fea
     if who is None:
         return render(request, "explanations.html", {**ctx, "form_error": SIGN_IN, "draft": text}, status_code=401)
     services.add_explanation(session, model_slug=model, sae_id=sae_id, feature=feature, text=text,
-                             author=who.name)
+                             author=who.name, key=who)
     ctx["explanations"] = services.list_explanations(session, model_slug=model, sae_id=sae_id, feature=feature)
     return render(request, "explanations.html", ctx)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from app.serving.text_checks import control_characters
 from app.store import explanations
 from app.store.dashboards import explanation_body, find_sae, read_dashboard
-from app.store.models import SAERecord
+from app.store.models import APIKey, SAERecord
 from app.web.services.builds import build_status
-from app.web.services.errors import NotFound
+from app.web.services.errors import Invalid, NotFound
+
+
+class NotAllowed(PermissionError):
+    """The caller's key may not do this (the app answers 403)."""
 
 
 def sae_or_404(session: Session, *, sae_id: str, model_slug: str) -> SAERecord:
@@ -39,12 +44,22 @@ def feature_dashboard(session: Session, *, model_slug: str, sae_id: str, feature
     return body
 
 
+def check_text(text: str) -> None:
+    """Invalid (422) for an explanation with no words, or with control characters (NUL, ...)."""
+    if not text.strip():
+        raise Invalid("an explanation cannot be empty or only whitespace: write what the feature does, or delete it")
+    if control_characters(text):
+        raise Invalid("an explanation cannot hold control characters (such as NUL); only newlines and tabs")
+
+
 def add_explanation(session: Session, *, model_slug: str, sae_id: str, feature: int, text: str, author: str,
-                    source: str = "human", score: float | None = None) -> dict:
+                    source: str = "human", score: float | None = None, key: APIKey | None = None) -> dict:
+    """key: the key writing it, which owns it (may edit or delete it later, as may admin keys)."""
+    check_text(text)
     sae = sae_or_404(session, sae_id=sae_id, model_slug=model_slug)
     check_feature(sae, feature)
     return explanation_body(explanations.create(session, sae=sae, feature=feature, text=text, author=author,
-                                                source=source, score=score))
+                                                source=source, score=score, key_id=key.id if key else None))
 
 
 def _own_explanation(session: Session, model_slug: str, sae_id: str, feature: int, explanation_id: int):
@@ -55,14 +70,28 @@ def _own_explanation(session: Session, model_slug: str, sae_id: str, feature: in
     return record
 
 
-def edit_explanation(session: Session, *, model_slug: str, sae_id: str, feature: int, explanation_id: int,
-                     text: str) -> dict:
+def _changeable(session: Session, model_slug: str, sae_id: str, feature: int, explanation_id: int, by: APIKey):
     record = _own_explanation(session, model_slug, sae_id, feature, explanation_id)
-    return explanation_body(explanations.update(session, record=record, text=text))
+    if not explanations.may_change(record, by):
+        whose = "an automatic explanation" if record.key_id is None else f"{record.author}'s explanation"
+        raise NotAllowed(f"explanation {explanation_id} is {whose}: only the key that wrote it, or an admin key "
+                         "(`saex keys create --admin`), may change or delete it; add your own instead")
+    return record
 
 
-def remove_explanation(session: Session, *, model_slug: str, sae_id: str, feature: int, explanation_id: int) -> None:
-    explanations.delete(session, record=_own_explanation(session, model_slug, sae_id, feature, explanation_id))
+def edit_explanation(session: Session, *, model_slug: str, sae_id: str, feature: int, explanation_id: int,
+                     text: str, by: APIKey) -> dict:
+    """by: the key editing it; NotAllowed unless it wrote the explanation or is an admin key. The old text is kept
+    in the explanation's history."""
+    check_text(text)
+    record = _changeable(session, model_slug, sae_id, feature, explanation_id, by)
+    return explanation_body(explanations.edit(session, record=record, text=text, by=by))
+
+
+def remove_explanation(session: Session, *, model_slug: str, sae_id: str, feature: int, explanation_id: int,
+                       by: APIKey) -> None:
+    """by: as for edit_explanation; the deleted text is kept in the history."""
+    explanations.remove(session, record=_changeable(session, model_slug, sae_id, feature, explanation_id, by), by=by)
 
 
 def list_explanations(session: Session, *, model_slug: str, sae_id: str, feature: int) -> list[dict]:
