@@ -274,6 +274,8 @@ class GraphResponse(TokenizeResponse):
 
 
 MAX_DISCOVERY_PROMPTS = 64  # per side
+DiscoveryTask = Literal["induction", "ioi", "greater_than", "docstring"]  # app/engine/circuit_tasks.py's TASKS
+DISCOVERY_TASKS: tuple[str, ...] = get_args(DiscoveryTask)
 
 
 class HeadRef(Body):
@@ -286,8 +288,10 @@ class DiscoverRequest(ModelBody):
         default_factory=list, max_length=MAX_DISCOVERY_PROMPTS, description="prompts that show the behaviour")
     negative: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] = Field(
         default_factory=list, max_length=MAX_DISCOVERY_PROMPTS, description="prompts that do not")
-    task: Literal["induction"] | None = Field(default=None, description="a built-in task in place of the lists: "
-                                              "induction = repeated vs non-repeated random tokens")
+    task: DiscoveryTask | None = Field(
+        default=None, description="a built-in task in place of the lists: induction = repeated vs non-repeated random "
+        "tokens; ioi, greater_than, docstring = the templates of Wang et al. 2022, Hanna et al. 2023, Heimersheim & "
+        "Janiak 2023 against their corrupted forms (app/engine/circuit_tasks.py)")
     positions: Literal["all", "last"] = Field(default="all", description="codes at every token or the last only")
     max_edges: Int = Field(default=100, ge=0, le=1000)
     patching: Bool = Field(default=True, description="also score heads by activation patching (the baseline)")

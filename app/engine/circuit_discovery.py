@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
+from app.engine.circuit_tasks import TASKS, induction_task  # noqa: F401  (the built-in tasks live there)
 from app.engine.saes import AttnSAE
 
 POSITIONS = ("all", "last")
-TASKS = ("induction",)
 MAX_PROMPTS = 64  # per side
 MAX_EDGES = 1000
 PATCH_PROMPTS = 16  # the patching baseline runs on at most this many positive prompts: n_heads forwards each
@@ -177,23 +177,3 @@ def discover(model: HookedTransformer, saes: dict[int, AttnSAE], positive: Seque
         out["roc_auc"] = {"codes": roc_auc(nodes, truth),
                           "patching": roc_auc(patch, truth) if patch is not None else None}
     return out
-
-
-def induction_task(model: HookedTransformer, bos: int, n_prompts: int = 16, seq_len: int = 20,
-                   seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The built-in induction task: positives are BOS and seq_len random tokens twice over, negatives BOS and
-    2·seq_len random tokens (no repeat); tokens never BOS, from a fixed generator."""
-    g = torch.Generator().manual_seed(seed)
-    device = model.W_E.device
-
-    def rand(n: int) -> torch.Tensor:
-        r = torch.randint(0, model.cfg.d_vocab - 1, (n,), generator=g)
-        return r + (r >= bos).long()  # skip over BOS
-
-    bos_t = torch.tensor([bos])
-    positive, negative = [], []
-    for _ in range(n_prompts):
-        r = rand(seq_len)
-        positive.append(torch.cat([bos_t, r, r])[None].to(device))
-        negative.append(torch.cat([bos_t, rand(2 * seq_len)])[None].to(device))
-    return positive, negative

@@ -356,14 +356,15 @@ class Engine:
                           positions: str = "all", max_edges: int = 100, patching: bool = True,
                           ground_truth: Sequence | None = None) -> dict:
         """O'Neill & Bui's circuit discovery (app/engine/circuit_discovery.py) on prompt lists or a built-in task
-        ("induction"); ground_truth: heads (anything with .layer and .head, or (layer, head) pairs)."""
+        (app/engine/circuit_tasks.py); ground_truth: heads (anything with .layer and .head, or (layer, head) pairs)."""
         from app.engine import circuit_discovery as C
+        from app.engine.circuit_tasks import task_prompts
 
         if task is not None:
             if task not in C.TASKS:
                 raise Invalid(f"task must be one of {C.TASKS}, got {task!r}")
             bos = self.model.tokenizer.bos_token_id if self.model.tokenizer is not None else 0
-            pos_ids, neg_ids = C.induction_task(self.model, bos)
+            pos_ids, neg_ids = task_prompts(task, self.model, bos, self.encode_text)
         else:
             if not positive or not negative:
                 raise Invalid("give at least one positive and one negative prompt, or a built-in task")

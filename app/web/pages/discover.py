@@ -1,5 +1,6 @@
-"""Finding features: search over explanations, "which features fire on this text" across all layers, and head
-pages (the features a head writes most, by decoder share, with the head's induction and previous-token scores)."""
+"""Finding features and heads: search over explanations, "which features fire on this text" across all layers, head
+pages (the features a head writes most, by decoder share, with the head's induction and previous-token scores), and
+circuit discovery (/{model}/circuits: the heads whose SAE codes tell a task's positive prompts from its negative)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from app.web.api.model_routes import DeploymentDep
 from app.web.api.store_routes import SemanticDep
 from app.web.deps import SessionDep
 from app.web.pages.render import render
-from app.web.services import discovery
+from app.web.services import circuits, discovery
 
 router = APIRouter(include_in_schema=False)
 
@@ -35,3 +36,18 @@ async def head_page(request: Request, model: str, layer: Annotated[int, Path(ge=
                     session: SessionDep) -> Response:
     ctx = await discovery.head_page(deployment=deployment, session=session, model=model, layer=layer, head=head)
     return render(request, "head.html", ctx)
+
+
+Text = Annotated[str, Query(max_length=64 * 2000)]  # a side's prompts, one a line
+Short = Annotated[str, Query(max_length=400)]
+
+
+@router.get("/{model}/circuits", response_class=HTMLResponse)
+async def circuits_page(request: Request, model: str, deployment: DeploymentDep, task: Short = "induction",
+                        positive: Text = "", negative: Text = "", positions: Short = "all", patching: Short = "",
+                        truth: Short = "", run: Short = "") -> Response:
+    state = circuits.DiscoveryState(task=task, positive=positive, negative=negative, positions=positions,
+                                    patching=patching, truth=truth, run=run)
+    ctx = await circuits.discovery_page(deployment=deployment, model=model, state=state)
+    headers = {"Retry-After": str(ctx["retry_after"])} if ctx.get("retry_after") else None
+    return render(request, "discover_circuits.html", ctx, status_code=ctx["status"], headers=headers)
