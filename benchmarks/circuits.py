@@ -1,6 +1,7 @@
 """Benchmark: attribution graphs (depth 2, threshold 0.02, top 10 links a node) on the shipped demo model and at
-GPT-2-Small shape (random weights, 12 TopK SAEs of 24,576 latents, the scale fixture of app.training.synthetic), and
-circuit discovery on the demo's built-in induction task (codes, and the patching baseline).
+GPT-2-Small shape (random weights, 12 TopK SAEs of 24,576 latents, the scale fixture of app.training.synthetic), a
+leaf opened in place (expand), and circuit discovery on every built-in task (induction, IOI, greater-than,
+docstring): on the demo with the patching baseline, at GPT-2 shape codes only.
 
     python benchmarks/circuits.py [--threads 1] [--iters 5] [--skip-gpt2]
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from app.engine.circuit_tasks import TASKS
 from app.engine.engine import Engine
 from app.engine.loading import attach_saes, load_model
 
@@ -64,20 +66,73 @@ def measure_graph(engine: Engine, iters: int, threshold: float = 0.02, top_n: in
             "max_rel_sum_error": max_sum_error(graph)}
 
 
-def measure_discovery(engine: Engine, iters: int) -> dict:
+def measure_expand(engine: Engine, iters: int) -> dict:
+    """A depth-2 graph with its strongest unopened feature opened in place (the page's expand=)."""
+    layer = max(engine.saes)
+    t = len(engine.tokenize(PROMPT)["tokens"]) - 1
+    feature = engine.analyze(PROMPT, [layer], 1)["layers"][0]["top_features"][t][0]["feature"]
+    base = engine.graph(PROMPT, layer, feature, t, max_depth=2)
+    opened = {link["target"] for link in base["links"]}
+    leaves = sorted((n for n in base["nodes"] if n["kind"] == "feature" and n["id"] not in opened),
+                    key=lambda n: -abs(n["value"]))
+    if not leaves:
+        return {"leaves": 0}
+    times, graph = [], None
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        graph = engine.graph(PROMPT, layer, feature, t, max_depth=2, expand=[leaves[0]["id"]])
+        times.append(time.perf_counter() - t0)
+    return {"expanded_leaf": leaves[0]["id"], "seconds_median": statistics.median(times),
+            "nodes": len(graph["nodes"]), "nodes_before": len(base["nodes"]),
+            "expanded": len({link["target"] for link in graph["links"]}), "max_rel_sum_error": max_sum_error(graph)}
+
+
+def measure_discovery(engine: Engine, iters: int, task: str = "induction", patching: bool = True) -> dict:
     from app.engine.circuit_discovery import Head
 
     card = [Head(0, 5), Head(1, 0), Head(1, 1), Head(1, 5), Head(1, 6)]  # docs/model-card.md
+    truth = card if task == "induction" and engine.name == "demo" else None
     runs = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        result = engine.discover_circuits(task="induction", ground_truth=card)
+        result = engine.discover_circuits(task=task, ground_truth=truth, patching=patching)
         runs.append((time.perf_counter() - t0, result))
     result = runs[-1][1]
     return {"seconds_median": statistics.median(s for s, _ in runs),
             "codes_seconds_median": statistics.median(r["seconds"]["codes"] for _, r in runs),
-            "patching_seconds_median": statistics.median(r["seconds"]["patching"] for _, r in runs),
-            "roc_auc": result["roc_auc"], "top_heads": [(h["layer"], h["head"]) for h in result["heads"][:5]]}
+            "patching_seconds_median": statistics.median(r["seconds"]["patching"] for _, r in runs)
+            if patching else None,
+            "roc_auc": result["roc_auc"], "top_heads": [(h["layer"], h["head"]) for h in result["heads"][:5]],
+            "top_patching": [(h["layer"], h["head"]) for h in result["patching"][:5]] if patching else None}
+
+
+def previous_token_keys(engine: Engine, n: int = 20) -> dict:
+    """Why discovery by codes misses the demo's previous-token head 0.5, and what finds it: per L0 head, how much
+    its output at the key position moves each L1 head's attention score (q_t · k_s / sqrt(d_head), ln1 scales
+    frozen), positives minus negatives of the induction task, at the source each L1 head attends to most (no
+    knowledge of where the repeat is); summed |difference| over L1 heads. Demo only (two layers)."""
+    from app.engine.circuit_tasks import induction_task
+
+    m = engine.model
+    pos, neg = induction_task(m, 0, seq_len=n)
+    b0, b1 = m.blocks[0], m.blocks[1]
+
+    def per_head(ids: torch.Tensor) -> torch.Tensor:  # (H0, H1)
+        _, cache = m.run_with_cache(ids, stop_at_layer=2)
+        q, patt = cache["blocks.1.attn.hook_q"][0], cache["blocks.1.attn.hook_pattern"][0]  # (T, H1, dh), (H1, T, T)
+        out0 = torch.einsum("thd,hdm->thm", cache["blocks.0.attn.hook_z"][0], b0.attn.W_O)  # (T, H0, d_model)
+        c = (out0 - out0.mean(-1, keepdim=True)) / cache["blocks.1.ln1.hook_scale"][0][:, None] * b1.ln1.w
+        k = torch.einsum("thm,Hmd->thHd", c, b1.attn.W_K)  # (T, H0, H1, dh): each L0 head's part of each key
+        ts = torch.arange(1, ids.shape[1])
+        cols = [torch.einsum("td,thd->th", q[ts, H], k[patt[H, ts].argmax(-1), :, H]).mean(0)
+                for H in range(q.shape[1])]
+        return torch.stack(cols, 1) / m.cfg.attn_scale
+
+    with torch.inference_mode():
+        diff = torch.stack([per_head(i) for i in pos]).mean(0) - torch.stack([per_head(i) for i in neg]).mean(0)
+    score = diff.abs().sum(-1)
+    return {"l0_key_score": [round(float(x), 3) for x in score], "top_l0_head": int(score.argmax()),
+            "into_l1_heads_from_0.5": [round(float(x), 3) for x in diff[5]]}
 
 
 def main() -> None:
@@ -89,11 +144,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     demo = engine_for("demo")
     out = {"threads": args.threads, "demo": {"graph": measure_graph(demo, args.iters),
-                                             "discovery": measure_discovery(demo, args.iters)}}
+                                             "graph_expand": measure_expand(demo, args.iters),
+                                             "discovery": {task: measure_discovery(demo, args.iters, task)
+                                                           for task in TASKS},
+                                             "previous_token_keys": previous_token_keys(demo)}}
     if not args.skip_gpt2:
+        gpt2 = engine_for("gpt2")
         # random weights spread a feature over thousands of links, none past 2% of it and few from features:
         # threshold 0 and the top 100 a node (measured: still no feature among them, so only the root is opened)
-        out["gpt2_shape"] = {"graph": measure_graph(engine_for("gpt2"), max(1, args.iters // 2), 0.0, 100)}
+        out["gpt2_shape"] = {"graph": measure_graph(gpt2, max(1, args.iters // 2), 0.0, 100),
+                             "graph_default_pruning": measure_graph(gpt2, max(1, args.iters // 2)),
+                             # codes only: patching is n_heads forwards per prompt and layer (12 x 12 x 16 here)
+                             "discovery_codes": {task: measure_discovery(gpt2, 1, task, patching=False)
+                                                 for task in TASKS}}
     print(json.dumps(out, indent=1))
 
 
