@@ -67,11 +67,12 @@ def measure_graph(engine: Engine, iters: int, threshold: float = 0.02, top_n: in
 
 
 def measure_expand(engine: Engine, iters: int) -> dict:
-    """A depth-2 graph with its strongest unopened feature opened in place (the page's expand=)."""
+    """A depth-1 graph (the demo has two layers: at depth 2 nothing is left closed) with its strongest unopened
+    feature opened in place (the page's expand=)."""
     layer = max(engine.saes)
     t = len(engine.tokenize(PROMPT)["tokens"]) - 1
     feature = engine.analyze(PROMPT, [layer], 1)["layers"][0]["top_features"][t][0]["feature"]
-    base = engine.graph(PROMPT, layer, feature, t, max_depth=2)
+    base = engine.graph(PROMPT, layer, feature, t, max_depth=1)
     opened = {link["target"] for link in base["links"]}
     leaves = sorted((n for n in base["nodes"] if n["kind"] == "feature" and n["id"] not in opened),
                     key=lambda n: -abs(n["value"]))
@@ -80,7 +81,7 @@ def measure_expand(engine: Engine, iters: int) -> dict:
     times, graph = [], None
     for _ in range(iters):
         t0 = time.perf_counter()
-        graph = engine.graph(PROMPT, layer, feature, t, max_depth=2, expand=[leaves[0]["id"]])
+        graph = engine.graph(PROMPT, layer, feature, t, max_depth=1, expand=[leaves[0]["id"]])
         times.append(time.perf_counter() - t0)
     return {"expanded_leaf": leaves[0]["id"], "seconds_median": statistics.median(times),
             "nodes": len(graph["nodes"]), "nodes_before": len(base["nodes"]),
