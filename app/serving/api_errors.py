@@ -10,12 +10,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.serving.asgi import Hooks
+from app.serving.body_limit import MAX_BODY_BYTES, BoundedBody
 from app.serving.request_log import install_request_log
 
 log = logging.getLogger("saex")
 
-MAX_BODY_BYTES = 1 << 20
+__all__ = ["MAX_BODY_BYTES", "install_error_handlers", "http_error_detail", "http_error_json", "field_path"]
 
 
 def field_path(loc: tuple) -> str:
@@ -48,7 +48,9 @@ async def http_error_json(request: Request, exc: StarletteHTTPException) -> JSON
                         headers=getattr(exc, "headers", None))
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, refuse_control_characters: bool = False) -> None:
+    """refuse_control_characters: 422 for NUL and other control characters in a request's path, query string or
+    body (the web app, whose text reaches a database; the worker's language-model prompts may quote any text)."""
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
@@ -64,12 +66,5 @@ def install_error_handlers(app: FastAPI) -> None:
                                        "please report it with the request id"}, status_code=500)
 
     install_request_log(app)
-
-    def limit_body(request: Request) -> JSONResponse | None:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes"},
-                                status_code=413)
-        return None
-
-    app.add_middleware(Hooks, begin=limit_body)
+    # bodies bounded however they arrive (chunked too), read before any route; see app.serving.body_limit
+    app.add_middleware(BoundedBody, refuse_control_characters=refuse_control_characters)

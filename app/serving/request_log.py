@@ -22,9 +22,28 @@ class JSONLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
                 "message": record.getMessage(), **getattr(record, "fields", {})}
-        if record.exc_info:  # server side only: exception type and message, for the operator
-            line["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        if record.exc_info:  # server side only, for the operator: never the message, which may quote the request
+            line["error"] = error_summary(record.exc_info[1])
         return json.dumps(line)
+
+
+def error_summary(exc: BaseException | None) -> str:
+    """An exception as its type, its cause's type and where it was raised: never its message, which can carry what
+    a client sent (a database driver's error quotes the statement's parameters: the user's text)."""
+    if exc is None:
+        return "unknown"
+    names = [type(exc).__name__]
+    cause = getattr(exc, "orig", None) or exc.__cause__
+    if cause is not None:
+        names.append(f"{type(cause).__module__}.{type(cause).__name__}")
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        code = tb.tb_frame.f_code
+        where = f" at {code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}"
+    return " from ".join(names) + where
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -100,7 +100,7 @@ def search(session: Session, *, q: str, limit: int = 50,
            model_slug: str | None = None) -> list[tuple[ExplanationRecord, SAERecord]]:
     """Best matches first. Postgres: websearch syntax ("quoted phrases", -exclusions, or) ranked by ts_rank;
     SQLite: explanations containing every word, newest first."""
-    q = q.strip()
+    q = q.replace("\x00", "").strip()  # Postgres cannot take NUL in text (the web refuses it before; scripts may not)
     if not q:
         return []
     base = select(ExplanationRecord, SAERecord).join(SAERecord, SAERecord.id == ExplanationRecord.sae_id)

@@ -72,7 +72,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.state.deployment = deployment
     app.state.rate_limits = TokenBuckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     app.add_middleware(Compressed, prefixes=("/api/",))  # innermost: the request log's time includes compressing
-    install_error_handlers(app)
+    install_error_handlers(app, refuse_control_characters=True)
     install_sessions(app, signer, secure=settings.secure_cookies)
 
     def security_headers(request: Request, headers: MutableHeaders) -> None:
