@@ -1,6 +1,6 @@
 """SQLAlchemy 2 models of the store: models and their SAEs, a shared token table, feature dashboards and their
-examples, explanations, saved results (permalinks), API keys, dashboard builds and their runs; knows nothing of
-torch or HTTP.
+examples, explanations, saved results (permalinks), API keys, dashboard builds and their runs, lists of features;
+knows nothing of torch or HTTP.
 
 Examples keep token ids and per-token numbers as packed little-endian arrays (int32 ids, float16 values): a
 feature's 70 examples fit in a few KB, and the token text comes from the shared `tokens` table.
@@ -262,5 +262,42 @@ class BrowserSession(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class FeatureList(Base):
+    """A named list (collection) of features, Neuronpedia's "lists": made by one API key (or the browser signed in
+    with it), which alone (with admin keys) may change it; anyone who may read the site may read it by its id."""
+
+    __tablename__ = "feature_lists"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # random: the permalink /lists/{id}
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str] = mapped_column(String(200))  # the key's name when it was made
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    entries: Mapped[list[FeatureListEntry]] = relationship(
+        back_populates="feature_list", cascade="all, delete-orphan", order_by="FeatureListEntry.position")
+
+
+class FeatureListEntry(Base):
+    """One feature of a list, with the list owner's note on it; a feature appears once per list."""
+
+    __tablename__ = "feature_list_entries"
+    __table_args__ = (UniqueConstraint("list_id", "sae_id", "feature"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[str] = mapped_column(ForeignKey("feature_lists.id", ondelete="CASCADE"), index=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), index=True)
+    feature: Mapped[int]
+    note: Mapped[str] = mapped_column(Text, default="")
+    position: Mapped[int] = mapped_column(default=0)  # order within the list: when it was added
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    feature_list: Mapped[FeatureList] = relationship(back_populates="entries")
+    sae: Mapped[SAERecord] = relationship()
+
+
 __all__ = ["Base", "ModelRecord", "SAERecord", "TokenRecord", "DashboardBuild", "BuildRun", "FeatureRecord",
-           "ExampleRecord", "ExplanationRecord", "ExplanationEdit", "SavedResult", "APIKey", "BrowserSession"]
+           "ExampleRecord", "ExplanationRecord", "ExplanationEdit", "SavedResult", "APIKey", "BrowserSession",
+           "FeatureList", "FeatureListEntry"]

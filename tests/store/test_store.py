@@ -43,7 +43,7 @@ def dashboard(index: int, scale: float = 1.0) -> FeatureDashboard:
 
 
 def test_migrations_built_the_schema(db_engine):
-    assert current_revision(db_engine) == "0006"
+    assert current_revision(db_engine) == "0007"
     tables = set(inspect(db_engine).get_table_names())
     assert {"models", "saes", "tokens", "features", "examples", "explanations", "saved_results", "api_keys",
             "dashboard_builds", "dashboard_runs"} <= tables
@@ -167,4 +167,4 @@ def test_upgrade_creates_a_fresh_sqlite_data_directory(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'fresh' / 'data' / 'saex.db'}"
     upgrade(url)
-    assert current_revision(make_engine(url)) == "0006"
+    assert current_revision(make_engine(url)) == "0007"
