@@ -11,6 +11,7 @@ from pathlib import Path
 from app.cli_engine import engine_from_settings as _engine_from_settings
 from app.cli_store import cmd_db, cmd_interop, cmd_keys
 from app.config import load_settings
+from app.serving.server_options import uvicorn_options
 
 
 def _serve(app, executor=None, **config) -> int:
@@ -58,7 +59,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     executor = MainThreadExecutor()
     app = create_worker_app(engine, settings.queue_size, settings.time_budget_s, executor)
     # our own JSON request log replaces uvicorn's access log, which prints query strings
-    return _serve(app, executor, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return _serve(app, executor, host=args.host, port=args.port, log_level="warning", access_log=False,
+                  **uvicorn_options(trusted_proxies=settings.trusted_proxies))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -92,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"saex serve: http://{args.host}:{args.port}/", file=sys.stderr)
     try:
         return _serve(app, executor, host=args.host, port=args.port, log_level="warning", access_log=False,
-                      proxy_headers=True)
+                      **uvicorn_options(trusted_proxies=settings.trusted_proxies))
     finally:
         if background is not None:
             background.stop()

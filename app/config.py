@@ -42,8 +42,26 @@ class Settings(BaseSettings):
                                      "needs a signed-in browser or an API key")
     secure_cookies: bool = Field(default=False, description="session cookie only over HTTPS (set behind TLS)")
     session_hours: int = Field(default=24 * 14, ge=1, le=24 * 365, description="how long a sign-in lasts")
-    rate_limit_per_minute: int = Field(default=120, ge=0, description="analyze/trace/DFA/steer calls a minute per "
-                                       "API key or client address; 0: no limit")
+    frame_ancestors: str = Field(default="", pattern=r"^[^;,\r\n]*$", description="sites that may show feature "
+                                 "pages' embed view (?embed=1) in a frame: CSP frame-ancestors sources, space-separated "
+                                 "(e.g. 'self' https://wiki.example.org); empty: none may")
+    rate_limit_per_minute: int = Field(default=120, ge=0, description="units of inference work a minute per API key "
+                                       "or client address, pages and API alike (one per analyze, trace, DFA, graph, "
+                                       "...; max_new_tokens/8 per steer); 0: no limit")
+
+    trusted_proxies: list[str] = Field(default_factory=list, description="addresses of reverse proxies whose "
+                                       "X-Forwarded-For/-Proto headers are believed (uvicorn's forwarded_allow_ips); "
+                                       "default none: the connection's own address counts, whatever a client sends")
+    base_url: str | None = Field(default=None, description="the site's public URL (https://saex.lab.example); "
+                                 "redirects are built from it, never from the Host header")
+    worker_token: str | None = Field(default=None, description="a shared secret the web app sends to its workers "
+                                     "and workers require (all but /health) when set")
+    saves_per_day_per_key: int = Field(default=1000, ge=0, description="saved results (permalinks) one API key "
+                                       "may store in 24 hours; past it results are shown but not saved")
+    saves_per_day_per_address: int = Field(default=100, ge=0, description="saved results one client address may "
+                                           "store in 24 hours without a key")
+    saved_result_max_bytes: int = Field(default=256 * 1024, ge=1024, description="the largest saved result (its "
+                                        "JSON); larger ones are shown but not saved")
 
     llm_url: str | None = Field(default=None, description="an OpenAI-compatible chat-completions server for "
                                 "explanations and their scoring (vLLM, llama.cpp, Ollama, `saex llm serve`), e.g. "

@@ -21,9 +21,9 @@ from app.web.api import model_routes, store_routes
 from app.web.auth import CookieSigner, install_sessions, live_session, session_secret, sign_in_gate
 from app.web.deployment import Deployment
 from app.web.deps import DATABASE_DOWN
-from app.web.pages import account, builds, discover, explain_pages, explorer, feature_pages, graph, steering
+from app.web.pages import account, builds, cards, discover, explain_pages, explorer, feature_pages, graph, steering
 from app.web.pages.render import FRONTEND, render
-from app.web.ratelimit import TokenBuckets
+from app.web.ratelimit import FairLimits, TokenBuckets
 from app.web.services.errors import Invalid, NotFound
 from app.web.services.features import NotAllowed
 from app.web.worker_client import WorkerError, WorkerUnavailable
@@ -72,6 +72,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.state.deployment = deployment
     app.state.rate_limits = TokenBuckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     app.add_middleware(Compressed, prefixes=("/api/",))  # innermost: the request log's time includes compressing
+    app.add_middleware(FairLimits)  # inside the body bound (it may read a steering body) and the sessions
     install_error_handlers(app, refuse_control_characters=True)
     install_sessions(app, signer, secure=settings.secure_cookies)
 
@@ -144,6 +145,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.include_router(graph.router)
     app.include_router(discover.router)
     app.include_router(explain_pages.router)
+    app.include_router(cards.router)  # before feature pages: /{model}/{sae}/{feature}/card is a card
     app.include_router(feature_pages.router)
 
     @app.get("/health")

@@ -1,17 +1,23 @@
-"""A bounded queue in front of the engine: one request computes at a time on the device, at most `capacity` wait,
-and one more is refused at once (the caller answers 503 with Retry-After); and the executor that lets the engine
-compute on the process's main thread while the server runs on another. Knows nothing of HTTP or torch."""
+"""A bounded queue in front of the engine, in two lanes: one request computes at a time on the device; short
+requests (analyze, trace, DFA, ...) wait in a lane of `capacity` places and go first, long ones (steering, circuit
+discovery) in a small lane of their own, so a flood of generation can neither fill the short lane nor make a short
+request wait behind more than the one long request computing; a request that finds its lane full is refused at once
+(the caller answers 503 with Retry-After). Also the executor that lets the engine compute on the process's main
+thread while the server runs on another. Knows nothing of HTTP or torch."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import TypeVar
 
 T = TypeVar("T")
+SHORT, LONG = 0, 1  # lanes, in the order their waiting calls run
 
 
 class QueueFull(Exception):
@@ -29,18 +35,23 @@ class MainThreadExecutor(Executor):
     (service.Threads), took the same time either way."""
 
     def __init__(self) -> None:
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._calls: queue.PriorityQueue = queue.PriorityQueue()  # (lane, arrival, call): short lane first
+        self._order = itertools.count()
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
+        return self.submit_in(SHORT, fn, *args, **kwargs)
+
+    def submit_in(self, lane: int, fn, /, *args, **kwargs) -> Future:
+        """submit, in a lane: waiting calls of the short lane run before those of the long lane."""
         future: Future = Future()
-        self._calls.put((future, fn, args, kwargs))
+        self._calls.put((lane, next(self._order), (future, fn, args, kwargs)))
         return future
 
     def run_until(self, done: Callable[[], bool], poll_s: float = 0.2) -> None:
         """Run submitted calls as they come, until done() (asked at least every poll_s seconds) is true."""
         while not done():
             try:
-                future, fn, args, kwargs = self._calls.get(timeout=poll_s)
+                future, fn, args, kwargs = self._calls.get(timeout=poll_s)[2]
             except queue.Empty:
                 continue
             if not future.set_running_or_notify_cancel():
@@ -54,17 +65,36 @@ class MainThreadExecutor(Executor):
         """Cancels the calls still waiting when cancel_futures; the loop itself ends when run_until's done() says."""
         while cancel_futures:
             try:
-                self._calls.get_nowait()[0].cancel()
+                self._calls.get_nowait()[2][0].cancel()
             except queue.Empty:
                 break
 
 
+class EngineThread(MainThreadExecutor):
+    """A MainThreadExecutor that runs on a thread of its own (started on first use): the lanes of a worker whose
+    engine does not compute on the main thread (the in-process worker of tests, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run_until, args=(self._stop.is_set,), name="engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait, cancel_futures=cancel_futures)
+        self._stop.set()
+
+
 class BoundedQueue:
-    def __init__(self, capacity: int, executor: Executor | None = None) -> None:
-        """executor: where the engine's calls run; by default a thread of this queue's own (made on first use,
-        again after a shutdown)."""
+    def __init__(self, capacity: int, executor: Executor | None = None, long_capacity: int | None = None) -> None:
+        """capacity: places of the short lane; long_capacity: of the long lane (default a quarter of capacity, at
+        least 1). executor: where the engine's calls run; by default a thread of this queue's own (made on first
+        use, again after a shutdown). Lanes order the calls where the executor has them (a MainThreadExecutor);
+        any other executor runs them in arrival order."""
         self.capacity = capacity
-        self.pending = 0  # running + waiting
+        self.long_capacity = max(1, capacity // 4) if long_capacity is None else long_capacity
+        self.pending = 0  # running + waiting, both lanes
+        self.pending_in = [0, 0]  # per lane
         self._given = executor
         self._executor: Executor | None = executor
         self._mean_s = 0.05  # running mean of one request's compute time, for Retry-After
@@ -72,19 +102,25 @@ class BoundedQueue:
     def retry_after(self) -> int:
         return max(1, round(self.pending * self._mean_s + 0.5))
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        if self.pending >= self.capacity + 1:
+    async def run(self, fn: Callable[[], T], lane: int = SHORT) -> T:
+        places = self.capacity if lane == SHORT else self.long_capacity
+        if self.pending_in[lane] >= places + 1:
             raise QueueFull(self.retry_after())
         self.pending += 1
+        self.pending_in[lane] += 1
         try:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+                self._executor = EngineThread()
             t0 = time.perf_counter()
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            if isinstance(self._executor, MainThreadExecutor):
+                result = await asyncio.wrap_future(self._executor.submit_in(lane, fn))
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
             self._mean_s = 0.9 * self._mean_s + 0.1 * (time.perf_counter() - t0)
             return result
         finally:
             self.pending -= 1
+            self.pending_in[lane] -= 1
 
     def shutdown(self) -> None:
         if self._executor is not None:

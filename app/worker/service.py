@@ -19,7 +19,7 @@ from app.engine.steering import OverBudget
 from app.serving.api_errors import install_error_handlers
 from app.serving.compression import Compressed
 from app.serving.json_response import JSONBytes, json_bytes
-from app.worker.queue import BoundedQueue, QueueFull
+from app.worker.queue import LONG, SHORT, BoundedQueue, QueueFull
 
 ERRORS = P.ERROR_RESPONSES
 
@@ -77,10 +77,12 @@ async def get_worker(request: Request) -> Worker:
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 
 
-async def compute(worker: Worker, fn: Callable[[], dict], single_pass_over: str | None = None) -> Response:
+async def compute(worker: Worker, fn: Callable[[], dict], single_pass_over: str | None = None,
+                  lane: int = SHORT) -> Response:
     """Run fn on the engine thread; map input errors, a full queue and a spent time budget (counted from now, so
     time waiting in the queue counts) to their HTTP answers. single_pass_over: the text, when fn is one forward
-    pass over it (the thread policy then decides how many intra-op threads it gets)."""
+    pass over it (the thread policy then decides how many intra-op threads it gets). lane: LONG for generation and
+    other long work, which waits behind short requests in a small lane of its own (see BoundedQueue)."""
     queue, budget_s, threads = worker.queue, worker.budget_s, worker.threads
     deadline = time.monotonic() + budget_s
 
@@ -98,7 +100,7 @@ async def compute(worker: Worker, fn: Callable[[], dict], single_pass_over: str 
 
     try:
         t_wait = time.perf_counter()
-        body, seconds = await queue.run(timed)
+        body, seconds = await queue.run(timed, lane)
         total = time.perf_counter() - t_wait
         return JSONBytes(body, headers={"Server-Timing": f"engine;dur={1000 * seconds:.2f}, "
                                                            f"queue;dur={1000 * (total - seconds):.2f}"})
@@ -230,7 +232,8 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
         hosts(w.engine, body, body.set)
         deadline = time.monotonic() + w.budget_s
         return await compute(w, lambda: w.engine.steer(body.text, body.interventions, body.max_new_tokens,
-                                                       body.temperature, body.seed, body.top_logprobs, deadline))
+                                                       body.temperature, body.seed, body.top_logprobs, deadline),
+                             lane=LONG)
 
     @app.post("/v1/graph", response_model=P.GraphResponse, responses=ERRORS)
     async def graph(body: P.GraphRequest, w: WorkerDep) -> Response:

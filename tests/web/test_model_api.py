@@ -202,8 +202,8 @@ def test_rate_limit_on_expensive_endpoints(worker_app, tmp_path):
         r = c.post("/api/v1/dfa", json={"text": PROMPT, "layer": 1, "feature": 1, "position": 1})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert "at most 3 a minute" in r.json()["detail"]
-        # another caller (an API key) has its own bucket; cheap endpoints are not limited
-        assert c.post("/api/v1/analyze", json={"text": PROMPT}, headers={"X-API-Key": "saex_x"}).status_code == 200
+        # an unknown API key gets no bucket of its own (issue 17: 403); cheap endpoints are not limited
+        assert c.post("/api/v1/analyze", json={"text": PROMPT}, headers={"X-API-Key": "saex_x"}).status_code == 403
         assert all(c.post("/api/v1/tokenize", json={"text": PROMPT}).status_code == 200 for _ in range(5))
 
 
