@@ -3,9 +3,42 @@ of HTTP, storage or torch."""
 
 from __future__ import annotations
 
+import re
+
 LAYOUT = {"margin": {"l": 48, "r": 12, "t": 28, "b": 40}, "height": 240, "paper_bgcolor": "rgba(0,0,0,0)",
           "plot_bgcolor": "rgba(0,0,0,0)", "font": {"size": 12}}
 POSITIVE, NEGATIVE = "#2f6fde", "#d1495b"
+ZERO = "rgba(127,127,127,0.12)"  # a heatmap's zero: a faint grey that reads on light and dark pages alike
+BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte tokens
+CONTROL = {"\n": "↵", "\t": "→", "\r": "␍", "\x00": "␀"}
+
+
+def show_token(token: str, *, lines: bool = False) -> str:
+    """A token as visible text, the one way every page and chart shows tokens: a newline as ↵ (followed by a real
+    line break when `lines`, for the token strip, so that code keeps its shape), a tab as →, other control
+    characters and byte-fallback tokens (<0xE2>) as their hex (\\xE2), spaces at either end as · (in the strip,
+    `lines`, spaces stay spaces: the tokens' boxes show them), the empty token as ∅. Escaping is the caller's job."""
+    whole = BYTE_FALLBACK.fullmatch(token)
+    if whole:
+        return f"\\x{whole.group(1).upper()}"
+    body = BYTE_FALLBACK.sub(lambda m: f"\\x{m.group(1).upper()}", token)
+    if not lines:
+        stripped = body.strip(" ")
+        if not stripped:
+            return "·" * len(body) or "∅"
+        lead, trail = len(body) - len(body.lstrip(" ")), len(body) - len(body.rstrip(" "))
+        body = "·" * lead + stripped + "·" * trail
+    out = []
+    for ch in body:
+        if ch == "\n":
+            out.append("↵\n" if lines else "↵")
+        elif ch in CONTROL:
+            out.append(CONTROL[ch])
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return "".join(out) or "∅"
 
 
 def activation_histogram(histogram: dict, title: str = "Activation histogram (nonzero)") -> dict:
@@ -21,15 +54,20 @@ def activation_histogram(histogram: dict, title: str = "Activation histogram (no
 
 
 def logit_effects(effects: dict) -> dict:
+    """Horizontal bars, one per token; rows at integer positions labelled by show_token, so that two tokens that
+    look alike stay two rows."""
     top, bottom = effects.get("top", []), effects.get("bottom", [])
     rows = sorted(top + bottom, key=lambda e: e["value"])  # most negative at the bottom, most positive on top
+    labels = [show_token(e["token"]) for e in rows]
     return {
-        "data": [{"type": "bar", "orientation": "h", "x": [e["value"] for e in rows],
-                  "y": [repr(e["token"])[1:-1] or "␣" for e in rows],
+        "data": [{"type": "bar", "orientation": "h", "x": [e["value"] for e in rows], "y": list(range(len(rows))),
+                  "customdata": labels,
                   "marker": {"color": [POSITIVE if e["value"] >= 0 else NEGATIVE for e in rows]},
-                  "hovertemplate": "%{y}: %{x:.3f}<extra></extra>"}],
+                  "hovertemplate": "%{customdata}: %{x:.3f}<extra></extra>"}],
         "layout": {**LAYOUT, "height": max(240, 16 * len(rows) + 60), "title": {"text": "Logit effect (W_dec·W_O·W_U)"},
-                   "yaxis": {"automargin": True, "type": "category"}},
+                   "xaxis": {"title": {"text": "logit change per unit of activation"}},
+                   "yaxis": {"automargin": True, "tickmode": "array", "tickvals": list(range(len(rows))),
+                             "ticktext": labels, "tickfont": {"family": "ui-monospace, monospace"}}},
     }
 
 
@@ -43,17 +81,31 @@ def head_bars(values: list[float], title: str, y_title: str) -> dict:
 
 
 def dfa_heatmap(contributions: list[list[float]], tokens: list[str], position: int) -> dict:
-    """Heads x source positions up to the destination; diverging colours centred on zero."""
+    """Heads x source positions up to the destination; diverging colours centred on zero. Every source is labelled
+    (position: token); past ~40 sources the figure grows wider than its panel, which scrolls, rather than skip
+    labels."""
     sources = list(range(position + 1))
     z = [[row[s] for s in sources] for row in contributions]
     peak = max((abs(v) for row in z for v in row), default=1.0) or 1.0
-    labels = [f"{s}: {repr(tokens[s])[1:-1]}" for s in sources]
+    labels = [f"{s}: {show_token(tokens[s])}" for s in sources]
+    wide = len(sources) > 40
+    layout = {**LAYOUT, "height": 60 + 22 * len(z) + (150 if wide else 100),
+              "margin": {**LAYOUT["margin"], "r": 24},
+              "title": {"text": f"DFA toward position {position}"},
+              "xaxis": {"title": {"text": "source token (position: token)"}, "tickmode": "array",
+                        "tickvals": sources, "ticktext": labels, "tickangle": -60, "automargin": True,
+                        "tickfont": {"family": "ui-monospace, monospace", "size": 10 if wide else 12}},
+              "yaxis": {"title": {"text": "head"}, "autorange": "reversed"}}
+    if wide:  # 13 px a label: every one of them readable
+        layout["width"] = 120 + 13 * len(sources)
     return {
-        "data": [{"type": "heatmap", "z": z, "x": labels, "y": [f"H{h}" for h in range(len(z))],
-                  "zmin": -peak, "zmax": peak, "colorscale": [[0, NEGATIVE], [0.5, "#f4f4f4"], [1, POSITIVE]],
-                  "hovertemplate": "%{y} ← %{x}<br>%{z:.4f}<extra></extra>"}],
-        "layout": {**LAYOUT, "height": 60 + 22 * len(z), "title": {"text": f"DFA toward position {position}"},
-                   "xaxis": {"type": "category", "tickangle": -45, "automargin": True}},
+        "data": [{"type": "heatmap", "z": z, "x": sources, "y": [f"H{h}" for h in range(len(z))],
+                  "customdata": [labels for _ in z], "zmin": -peak, "zmax": peak,
+                  "colorscale": [[0, NEGATIVE], [0.5, ZERO], [1, POSITIVE]],
+                  "colorbar": {"title": {"text": "contribution to<br>pre-activation", "side": "right"},
+                               "thickness": 12},
+                  "hovertemplate": "%{y} ← %{customdata}<br>%{z:.4f}<extra></extra>"}],
+        "layout": layout,
     }
 
 

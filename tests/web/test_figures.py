@@ -18,6 +18,7 @@ from app.web.figures import (
     dfa_heatmap,
     head_bars,
     logit_effects,
+    show_token,
 )
 
 
@@ -66,11 +67,13 @@ def test_logit_effects_sorted_with_the_most_positive_on_top():
     bar = only_trace(fig)
     assert bar["type"] == "bar" and bar["orientation"] == "h"
     assert bar["x"] == [-3.0, -0.5, 1.0, 2.0]  # Plotly draws the first category at the bottom
-    assert bar["y"] == ["\\n", "␣", "x", " the"]  # control characters escaped, the empty token made visible
+    # rows at integer positions, labelled as every page shows tokens (show_token): ↵, ∅, a leading space as ·
+    assert bar["y"] == [0, 1, 2, 3] and fig["layout"]["yaxis"]["tickvals"] == [0, 1, 2, 3]
+    assert fig["layout"]["yaxis"]["ticktext"] == bar["customdata"] == ["↵", "∅", "x", "·the"]
     assert bar["marker"]["color"] == [NEGATIVE, NEGATIVE, POSITIVE, POSITIVE]
     layout = fig["layout"]
     assert layout["title"]["text"] == "Logit effect (W_dec·W_O·W_U)"
-    assert layout["yaxis"]["type"] == "category" and layout["height"] == 240
+    assert layout["yaxis"]["tickmode"] == "array" and layout["height"] == 240
 
 
 def test_logit_effects_grow_with_their_rows_and_a_zero_is_positive():
@@ -116,18 +119,21 @@ def test_dfa_heatmap_shows_heads_by_sources_up_to_the_destination():
     heat = only_trace(fig)
     assert heat["type"] == "heatmap"
     assert heat["z"] == [[0.1, -0.2, 0.3], [0.0, 0.4, -0.5]]
-    assert heat["x"] == ["0: <bos>", "1: a", "2: \\n"] and heat["y"] == ["H0", "H1"]
+    assert heat["x"] == [0, 1, 2] and heat["y"] == ["H0", "H1"]
+    assert fig["layout"]["xaxis"]["ticktext"] == ["0: <bos>", "1: a", "2: ↵"]  # every source labelled
     assert (heat["zmin"], heat["zmax"]) == (-0.5, 0.5)  # centred on zero, from the shown cells only
     assert heat["colorscale"][0] == [0, NEGATIVE] and heat["colorscale"][-1] == [1, POSITIVE]
     layout = fig["layout"]
     assert layout["title"]["text"] == "DFA toward position 2"
-    assert layout["height"] == 60 + 22 * 2 and layout["xaxis"]["type"] == "category"
+    assert layout["height"] == 60 + 22 * 2 + 100 and layout["xaxis"]["tickvals"] == [0, 1, 2]
+    assert layout["xaxis"]["title"]["text"] and layout["yaxis"]["title"]["text"] == "head"
+    assert heat["colorbar"]["title"]["text"]
 
 
 def test_dfa_heatmap_of_one_token():
     fig = dfa_heatmap([[0.25], [-0.75]], ["<|endoftext|>"], position=0)
     heat = only_trace(fig)
-    assert heat["z"] == [[0.25], [-0.75]] and heat["x"] == ["0: <|endoftext|>"]
+    assert heat["z"] == [[0.25], [-0.75]] and fig["layout"]["xaxis"]["ticktext"] == ["0: <|endoftext|>"]
     assert (heat["zmin"], heat["zmax"]) == (-0.75, 0.75)
     assert fig["layout"]["title"]["text"] == "DFA toward position 0"
 
@@ -138,7 +144,23 @@ def test_dfa_heatmap_of_zeros_or_no_heads_keeps_a_colour_range():
     fig = dfa_heatmap([], ["a"], position=0)
     heat = only_trace(fig)
     assert heat["z"] == [] and heat["y"] == [] and (heat["zmin"], heat["zmax"]) == (-1.0, 1.0)
-    assert fig["layout"]["height"] == 60
+    assert fig["layout"]["height"] == 60 + 100
+
+
+def test_dfa_heatmap_labels_every_source_of_a_long_prompt():
+    tokens = ["<bos>"] + [f" w{i}" for i in range(99)]
+    fig = dfa_heatmap([[0.1] * 100] * 4, tokens, position=99)
+    xaxis = fig["layout"]["xaxis"]
+    assert xaxis["tickmode"] == "array" and xaxis["tickvals"] == list(range(100)) and len(xaxis["ticktext"]) == 100
+    assert xaxis["ticktext"][5] == "5: ·w4"
+    assert fig["layout"]["width"] >= 13 * 100  # wider than its panel (which scrolls) rather than skip labels
+
+
+@pytest.mark.parametrize(("token", "label", "in_strip"), [
+    (" the", "·the", " the"), ("\n   ", "↵···", "↵\n   "), ("", "∅", "∅"), ("  ", "··", "  "),
+    ("<0xE2>", "\\xE2", "\\xE2"), ("a\tb", "a→b", "a→b"), ("\x07", "\\x07", "\\x07"), ("\x00", "␀", "␀")])
+def test_show_token_one_way_everywhere(token, label, in_strip):
+    assert show_token(token) == label and show_token(token, lines=True) == in_strip
 
 
 def test_figures_do_not_share_or_change_the_base_layout():

@@ -1,7 +1,8 @@
-"""The prompt explorer (/ and saved analyses at /p/{id}): a prompt's tokens, the features that fire on each per
-layer with per-head contributions and explanations, a selected feature's activation over the tokens, and the
-DFA of a selected token; with no prompt, the models and SAE sets this deployment serves. The state (model, text,
-layer, feature, position) lives in the URL."""
+"""The prompt explorer (/ and saved analyses at /p/{id}): a prompt's tokens coloured by the layer's strongest feature
+or a chosen one, the features that fire on each per layer with per-head contributions and explanations, a selected
+feature's activation over the tokens, and the DFA of a selected token; with no prompt, the models and SAE sets this
+deployment serves. The state (model, text, layer, feature, position) lives in the URL; long prompts are posted and
+live behind a saved analysis's short permalink instead."""
 
 from __future__ import annotations
 
@@ -22,19 +23,26 @@ from app.web.services import models as model_service
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
 Layer = Annotated[int | None, Query(ge=0, le=1000)]
 Index = Annotated[int | None, Query(ge=0, le=2**31 - 1)]
+Flag = Annotated[bool, Query()]
 
 
 def state_url(base: str = "/", **state) -> str:
-    return base + "?" + urlencode({k: v for k, v in state.items() if v is not None and v != ""})
+    return base + "?" + urlencode({k: v for k, v in state.items() if v is not None and v != "" and v is not False})
 
 
 async def explorer_page(request: Request, ctx: dict, deployment, session, saved_id: str | None = None) -> Response:
     model = ctx["model"]
 
-    def url(base: str = "/", **state) -> str:  # every link keeps the model the page is about
+    def url(base: str = "/", **state) -> str:
+        """A link to another state of this page: the prompt and model travel in it, or for a saved analysis only
+        its id (/p/{id}?layer=..), so that no link carries a long prompt."""
+        if saved_id is not None:
+            state.pop("text", None)
+            return state_url(f"/p/{saved_id}", moved=1, **state)
         return state_url(base, **{"model": model, **state})
 
-    ctx = {**ctx, "state_url": url, "saved_id": saved_id, "max_chars": MAX_TEXT_CHARS}
+    ctx = {**ctx, "state_url": url, "saved_id": saved_id, "max_chars": MAX_TEXT_CHARS,
+           "long_text": service.LONG_TEXT, "shown_max": service.SHOWN}
     if not ctx["text"]:
         ctx["models"] = await model_service.model_cards(deployment=deployment, session=session)
     return render(request, "explorer.html", ctx, status_code=503 if ctx.get("retry_after") else 200)
@@ -43,8 +51,10 @@ async def explorer_page(request: Request, ctx: dict, deployment, session, saved_
 @router.get("/", response_class=HTMLResponse)
 async def explorer(request: Request, deployment: DeploymentDep, session: SessionDep,
                    text: Annotated[str, Query(max_length=MAX_TEXT_CHARS)] = "", layer: Layer = None,
-                   feature: Index = None, pos: Index = None, model: Annotated[Slug | None, Query()] = None) -> Response:
-    state = service.ExplorerState(text=text, layer=layer, feature=feature, pos=pos, model=model)
+                   feature: Index = None, pos: Index = None, model: Annotated[Slug | None, Query()] = None,
+                   all: Flag = False, truncate: Flag = False) -> Response:
+    state = service.ExplorerState(text=text, layer=layer, feature=feature, pos=pos, model=model, all=all,
+                                  truncate=truncate)
     ctx = await service.explore(deployment=deployment, session=session, state=state)
     return await explorer_page(request, ctx, deployment, session)
 
@@ -55,18 +65,27 @@ async def save_analysis(request: Request, deployment: DeploymentDep, session: Se
                         layer: Annotated[int | None, Form(ge=0, le=1000)] = None,
                         feature: Annotated[int | None, Form(ge=0, le=2**31 - 1)] = None,
                         pos: Annotated[int | None, Form(ge=0, le=2**31 - 1)] = None,
-                        model: Annotated[Slug | None, Form()] = None) -> Response:
-    state = service.ExplorerState(text=text, layer=layer, feature=feature, pos=pos, model=model)
-    if settings.saves_need_sign_in and who is None:  # off to sign in, then back to this analysis
+                        model: Annotated[Slug | None, Form()] = None,
+                        truncate: Annotated[bool, Form()] = False) -> Response:
+    """Save an analysis behind a permalink: the Save button's, and the prompt form's for prompts too long for a
+    URL (which may ask for the first n_ctx tokens: the cut text is what is saved)."""
+    state = service.ExplorerState(text=text, layer=layer, feature=feature, pos=pos, model=model, truncate=truncate)
+    if settings.saves_need_sign_in and who is None:
+        if len(text) > service.LONG_TEXT:  # too long for a URL: shown here, unsaved
+            ctx = await service.explore(deployment=deployment, session=session, state=state)
+            ctx["notes"].append("Not saved: this server saves analyses for signed-in users only.")
+            return await explorer_page(request, ctx, deployment, session)
         back = state_url(text=text, layer=layer, feature=feature, pos=pos, model=model)
-        return redirect(request, "/sign-in?" + urlencode({"next": back}))
-    slug = model or await deployment.default_name()
-    return redirect(request, f"/p/{service.save_analysis(session=session, model_slug=slug, state=state)}")
+        return redirect(request, "/sign-in?" + urlencode({"next": back}))  # off to sign in, then back here
+    saved = await service.save_posted(deployment=deployment, session=session, state=state)
+    return redirect(request, f"/p/{saved}")
 
 
 @router.get("/p/{result_id}", response_class=HTMLResponse)
-async def saved_analysis(request: Request, result_id: str, deployment: DeploymentDep,
-                         session: SessionDep) -> Response:
-    state = service.saved_state(session=session, result_id=result_id)
+async def saved_analysis(request: Request, result_id: str, deployment: DeploymentDep, session: SessionDep,
+                         layer: Layer = None, feature: Index = None, pos: Index = None, all: Flag = False,
+                         moved: Flag = False) -> Response:
+    state = service.saved_state(session=session, result_id=result_id, layer=layer, feature=feature, pos=pos,
+                                show_all=all, moved=moved)
     ctx = await service.explore(deployment=deployment, session=session, state=state)
     return await explorer_page(request, ctx, deployment, session, saved_id=result_id)

@@ -11,13 +11,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from app.web.figures import show_token  # the one way tokens are shown, in pages and charts alike
+
 FRONTEND = Path(__file__).resolve().parents[3] / "frontend"
 templates = Jinja2Templates(directory=str(FRONTEND / "templates"))
-
-
-def show_token(token: str) -> str:
-    """A token as visible text: newlines and tabs as symbols, spaces kept (escaping is the template's job)."""
-    return token.replace("\n", "↵").replace("\t", "→").replace("\x00", "␀") or "∅"
 
 
 def figure_json(fig: dict) -> Markup:
@@ -34,6 +31,16 @@ def heat(value: float, peak: float) -> str:
     return f"rgba(47,111,222,{a:.3f})" if value > 0 else f"rgba(209,73,91,{a:.3f})"
 
 
+def shade(value: float, lo: float, hi: float) -> str:
+    """A token's background on a legend's scale from lo (transparent) to hi (full blue); negative values, when lo
+    is below zero, in red by |value| / max(|lo|, |hi|)."""
+    if lo < 0:
+        return heat(value, max(abs(lo), abs(hi)))
+    if hi <= lo or value <= lo:
+        return "transparent"
+    return f"rgba(47,111,222,{min(1.0, (value - lo) / (hi - lo)) * 0.85:.3f})"
+
+
 def duration(seconds: float) -> str:
     """Seconds as people say them: 42 s, 3 min 5 s, 2 h 10 min."""
     s = max(0, round(seconds))
@@ -45,9 +52,11 @@ def duration(seconds: float) -> str:
 
 
 templates.env.filters["tok"] = show_token
+templates.env.filters["tok_lines"] = lambda token: show_token(token, lines=True)
 templates.env.filters["duration"] = duration
 templates.env.filters["figure"] = figure_json
 templates.env.globals["heat"] = heat
+templates.env.globals["shade"] = shade
 
 
 def render(request: Request, template: str, context: dict, status_code: int = 200,

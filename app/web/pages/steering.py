@@ -1,6 +1,7 @@
 """The steering page (/{model}/steer; results at /s/{id}): features picked by layer and index (or from a feature
-page), mode, value, optional heads and positions; the default and steered continuations side by side with
-per-token log-probabilities, saved behind a permalink."""
+page), mode, value (or strength in multiples of the feature's max activation), optional heads and positions; the
+default and steered continuations side by side with per-token log-probabilities and where they part, saved behind a
+permalink. A form sent back with an error keeps every field as typed."""
 
 from __future__ import annotations
 
@@ -17,16 +18,32 @@ from app.web.auth import CallerDep, csrf_protect
 from app.web.deps import SessionDep, SettingsDep
 from app.web.pages.render import redirect, render
 from app.web.services import steering as service
+from app.web.services.errors import NotFound
 from app.web.worker_client import WorkerError, WorkerUnavailable
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
 
 
-def page(request: Request, model: str, draft: dict, status: int = 200, session=None, **ctx) -> Response:
-    if session is not None:  # each picked feature's best explanation beside its id
-        service.explain_rows(session=session, model_slug=model, rows=draft.get("interventions") or [])
+async def page(request: Request, model: str, draft: dict, status: int = 200, session=None, deployment=None,
+               **ctx) -> Response:
+    rows = draft.get("interventions") or []
+    if session is not None:  # each picked feature's best explanation and max activation beside its id
+        service.explain_rows(session=session, model_slug=model, rows=rows)
+    if status == 200:  # a form sent back with an error keeps its rows exactly; otherwise one blank row to fill
+        draft["interventions"] = service.with_blank_row(rows)
+    n_ctx = left = None
+    if deployment is not None:  # the tokens field's limit: what fits the model's context after the prompt
+        try:
+            n_ctx, left = await service.context_left(deployment=deployment, model=model, text=draft.get("text", ""))
+        except (WorkerError, WorkerUnavailable, NotFound):
+            pass
+    result = ctx.get("result")
+    if result:
+        ctx["diverge"] = service.divergence(result["default"]["token_ids"], result["steered"]["token_ids"])
+    max_tokens = max(left, 0) if left is not None else n_ctx - 1 if n_ctx else 1024  # 1024: the contract's limit
     return render(request, "steer.html", {"model_slug": model, "draft": draft, "result": None,
-                                          "steer_modes": P.STEER_MODES, **ctx}, status)
+                                          "steer_modes": P.STEER_MODES, "n_ctx": n_ctx, "max_tokens": max_tokens,
+                                          **ctx}, status)
 
 
 @router.get("/{model}/steer", response_class=HTMLResponse)
@@ -34,10 +51,8 @@ async def steer_form(request: Request, model: str, deployment: DeploymentDep, se
                      layer: Annotated[int | None, Query(ge=0, le=1000)] = None,
                      feature: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> Response:
     await deployment.model(model)  # NotFound unless a worker hosts it
-    draft = {"text": "", "max_new_tokens": 24, "temperature": 0.0, "seed": 0,
-             "interventions": [{"layer": "" if layer is None else layer, "feature": "" if feature is None else feature,
-                                "mode": "add", "value": 8.0, "heads": None, "positions": None}]}
-    return page(request, model, draft, session=session)
+    draft = service.new_draft(session=session, model_slug=model, layer=layer, feature=feature)
+    return await page(request, model, draft, deployment=deployment)
 
 
 @router.post("/{model}/steer", response_class=HTMLResponse)
@@ -60,19 +75,22 @@ async def steer_run(request: Request, model: str, deployment: DeploymentDep, ses
                                            save=save)
     except ValidationError as exc:
         problems = "; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in exc.errors()[:4])
-        return page(request, model, draft, 422, session, error=problems)
+        return await page(request, model, draft, 422, session, deployment, error=problems)
     except ValueError as exc:
-        return page(request, model, draft, 422, session, error=str(exc))
+        return await page(request, model, draft, 422, session, deployment, error=str(exc))
     except WorkerError as exc:
-        return page(request, model, draft, exc.status if exc.status < 500 else 503, session, error=exc.detail)
+        status = exc.status if exc.status < 500 else 503
+        return await page(request, model, draft, status, session, deployment, error=exc.detail)
     except WorkerUnavailable as exc:
-        return page(request, model, draft, 503, session, error=f"The inference worker is unavailable: {exc.detail}")
+        why = f"The inference worker is unavailable: {exc.detail}"
+        return await page(request, model, draft, 503, session, error=why)
     if out.permalink is None:
-        return page(request, model, draft, session=session, result=out.model_dump())
+        return await page(request, model, draft, session=session, deployment=deployment, result=out.model_dump())
     return redirect(request, out.permalink)
 
 
 @router.get("/s/{result_id}", response_class=HTMLResponse)
-def steer_result(request: Request, result_id: str, session: SessionDep) -> Response:
+async def steer_result(request: Request, result_id: str, session: SessionDep, deployment: DeploymentDep) -> Response:
     model, body, result = service.saved_steering(session=session, result_id=result_id)
-    return page(request, model, service.draft_of(body), session=session, result=result, saved_id=result_id)
+    return await page(request, model, service.draft_of(body), session=session, deployment=deployment, result=result,
+                      saved_id=result_id)
