@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
@@ -21,7 +22,19 @@ from app.web.api import model_routes, store_routes
 from app.web.auth import CookieSigner, install_sessions, live_session, session_secret, sign_in_gate
 from app.web.deployment import Deployment
 from app.web.deps import DATABASE_DOWN
-from app.web.pages import account, builds, cards, discover, explain_pages, explorer, feature_pages, graph, steering
+from app.web.pages import (
+    account,
+    builds,
+    cards,
+    discover,
+    explain_pages,
+    explorer,
+    feature_pages,
+    graph,
+    indexes,
+    lists,
+    steering,
+)
 from app.web.pages.render import FRONTEND, render
 from app.web.ratelimit import FairLimits, TokenBuckets
 from app.web.services.errors import Invalid, NotFound
@@ -61,7 +74,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         await deployment.close()
         db.dispose()
 
-    app = FastAPI(title="SAE Explorer", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="SAE Explorer", version="0.1.0", lifespan=lifespan, docs_url=None,  # /docs: indexes.api_docs
                   dependencies=[Depends(live_session)] + ([Depends(sign_in_gate)] if settings.read_requires_sign_in
                                                           else []),
                   description="Attention-output SAE features: dashboards, explanations, prompt analysis, steering. "
@@ -115,6 +128,21 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     async def _invalid(request: Request, exc: Invalid):  # input the service could not use: what to change
         return error(request, 422, str(exc))
 
+    api_validation = app.exception_handlers[RequestValidationError]
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError):
+        """The API keeps its JSON; a page's path that names nothing (/demo/L1/abc, /demo/L1/-1) is a 404 page, a page's
+        bad query or form a 422 page."""
+        if request.url.path.startswith("/api/"):
+            return await api_validation(request, exc)
+        errors = exc.errors()
+        in_path = all(e.get("loc", ("",))[0] == "path" for e in errors)
+        detail = "; ".join(f"{e['loc'][-1]}: {e.get('msg', 'invalid')}" for e in errors[:5] if e.get("loc"))
+        if in_path:
+            return error(request, 404, f"there is no page at {request.url.path} ({detail})")
+        return error(request, 422, f"this page cannot use its input: {detail}")
+
     @app.exception_handler(WorkerError)
     async def _worker_error(request: Request, exc: WorkerError):  # a worker's 4xx (or busy 503), passed on
         return error(request, exc.status, exc.detail, exc.headers or None)
@@ -146,6 +174,8 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     app.include_router(discover.router)
     app.include_router(explain_pages.router)
     app.include_router(cards.router)  # before feature pages: /{model}/{sae}/{feature}/card is a card
+    app.include_router(lists.router)  # /lists/{id} before /{model}/{sae}
+    app.include_router(indexes.router)  # /{model}, /{model}/{sae} (never /health, /ready...: indexes.RESERVED)
     app.include_router(feature_pages.router)
 
     @app.get("/health")

@@ -87,7 +87,8 @@ def test_feature_page_and_explanation_form(site):
     page = c.get("/demo/L1/5")
     assert page.status_code == 200 and "Top activations" in page.text and "Feature 5" in page.text
     assert page.text.count('type="application/json"') == 3  # histogram, heads, logits
-    assert c.get("/demo/L1/5", headers={"HX-Request": "true"}).text.lstrip().startswith("<nav")
+    frag = c.get("/demo/L1/5", headers={"HX-Request": "true"}).text.lstrip()  # the page's title, then its body
+    assert frag.startswith("<title>Feature 5 · L1") and "<html" not in frag and '<nav class="layers"' in frag
     assert "Sign in</a> to add or" in page.text and "Add an explanation" not in page.text
     anon = c.post("/demo/L1/5/explanations", data={"text": "fires on foxes", "csrf_token": csrf_token(c)})
     assert anon.status_code == 401 and "Sign in to write explanations" in anon.text
