@@ -17,6 +17,8 @@ from app.config import Settings
 from app.serving.api_errors import http_error_detail, http_error_json, install_error_handlers
 from app.serving.asgi import Hooks
 from app.serving.compression import Compressed
+from app.serving.head import HeadAsGet
+from app.store import keys
 from app.store.db import make_engine, make_sessionmaker
 from app.web.api import model_routes, store_routes
 from app.web.auth import CookieSigner, install_sessions, live_session, session_secret, sign_in_gate
@@ -94,8 +96,18 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Referrer-Policy", "same-origin")
+        if headers.get("content-type", "").startswith("text/html"):  # pages carry this browser's CSRF token
+            headers["Cache-Control"] = "no-store"
+            headers.append("Vary", "HX-Request")  # a fragment and its full page differ
+        location = headers.get("location")
+        if location and location.startswith(("http://", "https://")):  # never built from the Host header
+            _, _, rest = location.partition("://")
+            if rest.split("/", 1)[0] == request.headers.get("host", ""):
+                path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+                headers["location"] = (settings.base_url or "").rstrip("/") + path
 
     app.add_middleware(Hooks, start=security_headers)
+    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -184,16 +196,23 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/ready")
-    async def ready() -> JSONResponse:
-        """Ready to serve: the database answers and at least one worker is healthy (for load balancers)."""
+    async def ready(request: Request) -> JSONResponse:
+        """Ready to serve: the database answers and at least one worker is healthy (for load balancers). The detail
+        (which workers) only to an admin key: worker URLs are internals."""
         checks = {"database": "ok", "workers": await deployment.healthy()}
+        admin = False
         try:
-            with app.state.sessions() as session:
+            with app.state.sessions() as session, session.begin():
                 session.execute(text("SELECT 1"))
+                key = request.headers.get("x-api-key")
+                record = keys.verify(session, key=key) if key else None
+                admin = record is not None and record.admin
         except DATABASE_DOWN:
             checks["database"] = "unavailable"
         ok = checks["database"] == "ok" and bool(checks["workers"])
-        return JSONResponse({"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503,
-                            headers=None if ok else {"Retry-After": "5"})
+        if not admin:  # how many workers answer, not where they are
+            checks["workers"] = len(checks["workers"])
+        body = {"status": "ready" if ok else "not ready", **checks}
+        return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
 
     return app

@@ -134,9 +134,9 @@ class FairLimits:
             return
         wait = buckets.take(caller, cost)
         if wait > 0:
-            await self._refuse(scope, send, 429, f"too many requests: at most {buckets.capacity:.0f} a minute (units of "
-                               f"work: a steering request costs max_new_tokens/{STEER_TOKENS_PER_UNIT}); retry in "
-                               f"{math.ceil(wait)} s", math.ceil(wait))
+            detail = (f"too many requests: at most {buckets.capacity:.0f} a minute (units of work: a steering "
+                      f"request costs max_new_tokens/{STEER_TOKENS_PER_UNIT}); retry in {math.ceil(wait)} s")
+            await self._refuse(scope, send, 429, detail, math.ceil(wait))
             return
         scope.setdefault("state", {})["charged"] = True
         buckets.in_flight[caller] = buckets.in_flight.get(caller, 0) + 1
@@ -170,7 +170,8 @@ class FairLimits:
         self._keys[digest] = (key_id, now)
         return key_id
 
-    async def _refuse(self, scope: Scope, send: Send, status: int, detail: str, retry_after: int | None = None) -> None:
+    async def _refuse(self, scope: Scope, send: Send, status: int, detail: str,
+                      retry_after: int | None = None) -> None:
         headers = {"Retry-After": str(retry_after)} if retry_after else None
         if scope["path"].startswith("/api/"):
             response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
