@@ -36,9 +36,12 @@ async def explain_llm(llm: LLMClient, train: list[Example], max_activation: floa
     embedded 135M model, which then writes no [EXPLANATION] line)."""
     if activations is None:
         activations = bool(getattr(llm, "explainer_activations", True))
-    messages = prompts.explainer_messages(train, max_activation, activations=activations)
+    small = bool(getattr(llm, "lenient_answers", False))  # the embedded 135M model parrots few-shot answers
+    messages = prompts.explainer_messages(train[:10] if small else train, max_activation, activations=activations,
+                                          few_shot=not small)
     reply = await llm.chat(messages, max_tokens=MAX_EXPLANATION_TOKENS, temperature=0.0)
-    return Explained(prompts.parse_explanation(reply.text), f"llm:{llm.name}", prompts.PROMPT_VERSION, reply.text)
+    return Explained(prompts.parse_explanation(reply.text, lenient=small), f"llm:{llm.name}",
+                     prompts.PROMPT_VERSION, reply.text)
 
 
 def _shown(token: str) -> str:

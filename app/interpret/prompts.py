@@ -84,10 +84,18 @@ def explainer_messages(examples: list[Example], max_activation: float, *, activa
             {"role": "user", "content": "\n" + "\n".join(lines) + "\n"}]
 
 
-def parse_explanation(text: str) -> str:
-    """The last `[EXPLANATION]:` line's text (delphi's newer rule), else UNPARSED."""
+def parse_explanation(text: str, *, lenient: bool = False) -> str:
+    """The last `[EXPLANATION]:` line's text (delphi's newer rule), else UNPARSED. lenient (for the embedded 135M
+    model, which rarely writes the line without few-shot examples and parrots them with): else the answer's first
+    sentence, without a leading "The marked tokens ..." preamble."""
     found = _EXPLANATION.findall(text)
     answer = found[-1].strip() if found else ""
+    if not answer and lenient:
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        first = re.split(r"(?<=[.!?])\s", first, maxsplit=1)[0].rstrip(":.")
+        first = re.sub(r"^(the )?(marked|highlighted) tokens (all )?(have in common that they |have in common: |are )",
+                       "", first, flags=re.IGNORECASE)
+        answer = first[:200].strip()
     return answer or UNPARSED
 
 
@@ -111,15 +119,30 @@ SCORER_SHOT = {
 }
 
 
+SINGLE_SHOT = {  # one example a prompt: one shot answered 1 and one answered 0, so neither answer is the only one seen
+    "detection": [("the word \"up\" after a verb of motion", "we climbed up the stairs", "[1]"),
+                  ("the word \"up\" after a verb of motion", "the meeting ended early", "[0]")],
+    "fuzzing": [("full stops inside abbreviations", "Dr<<.>> Jones arrived", "[1]"),
+                ("full stops inside abbreviations", "the end<<.>> Then", "[0]")],
+}
+
+
 def scorer_messages(kind: str, explanation: str, texts: list[str]) -> list[dict[str, str]]:
     system = DETECTION_SYSTEM if kind == "detection" else FUZZING_SYSTEM
     body = "\n".join(f"Example {i}: {t}" for i, t in enumerate(texts))
-    return [{"role": "system", "content": system}, *SCORER_SHOT[kind],
+    shots = SCORER_SHOT[kind]
+    if len(texts) == 1:
+        shots = [m for expl, text, answer in SINGLE_SHOT[kind] for m in (
+            {"role": "user", "content": f"Feature explanation: {expl}\n\nText examples:\n\nExample 0: {text}\n"},
+            {"role": "assistant", "content": answer})]
+    return [{"role": "system", "content": system}, *shots,
             {"role": "user", "content": f"Feature explanation: {explanation}\n\nText examples:\n\n{body}\n"}]
 
 
-def parse_predictions(text: str, n: int) -> list[int] | None:
-    """The first bracketed list of n zeros and ones in the answer, else None (delphi: the batch counts as failed)."""
+def parse_predictions(text: str, n: int, *, lenient: bool = False) -> list[int] | None:
+    """The first bracketed list of n zeros and ones in the answer, else None (delphi: the batch counts as failed).
+    lenient (for the embedded 135M model, which copies its few-shot answers' length): else the first n zeros and
+    ones of the first bracketed list."""
     for match in _LIST.finditer(text):
         try:
             values = json.loads(match.group(0))
@@ -128,6 +151,11 @@ def parse_predictions(text: str, n: int) -> list[int] | None:
         if isinstance(values, list) and len(values) == n and all(v in (0, 1) and not isinstance(v, bool)
                                                                  for v in values):
             return [int(v) for v in values]
+    if lenient:
+        first = _LIST.search(text)
+        digits = re.findall(r"[01]", first.group(0)) if first else []
+        if len(digits) >= n:
+            return [int(d) for d in digits[:n]]
     return None
 
 

@@ -58,7 +58,8 @@ async def _classify(llm: LLMClient, kind: str, explanation: str, samples: list[t
             raise
         except LLMError:  # delphi counts a failed request as failed predictions, not as a failed run
             return [_row(x, None, None) for x, _ in batch]
-        predictions = prompts.parse_predictions(reply.text, len(batch))
+        predictions = prompts.parse_predictions(reply.text, len(batch),
+                                                lenient=bool(getattr(llm, "lenient_answers", False)))
         if predictions is None:
             return [_row(x, None, None) for x, _ in batch]
         probabilities = prompts.digit_probabilities(reply.logprobs, len(batch)) if log_probs else None

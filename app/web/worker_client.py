@@ -233,7 +233,7 @@ class WorkerClient:
         client = OpenAIChatClient(str(http.base_url).rstrip("/") + "/llm/v1", "SmolLM2-135M-Instruct",
                                   max_in_flight=max_in_flight, timeout_s=300,
                                   transport=getattr(http, "_transport", None))
-        client.examples_per_prompt, client.explainer_activations = 1, False
+        client.examples_per_prompt, client.explainer_activations, client.lenient_answers = 1, False, True
         return client
 
     async def passed_on(self, endpoint: str, body: BaseModel | None, gzip: bool) -> tuple[bytes, str | None]:

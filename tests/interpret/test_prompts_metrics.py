@@ -115,3 +115,19 @@ def test_examples_split_train_and_test_without_overlap():
     assert all(len(x.str_tokens) <= 32 for x in got.train + got.test)
     with pytest.raises(TooFewExamples):
         from_dashboard(_board(2, 0))
+
+
+def test_lenient_parsing_for_the_embedded_model():
+    assert prompts.parse_predictions("[1,0]", 1) is None  # delphi's rule: wrong length fails
+    assert prompts.parse_predictions("[1,0]", 1, lenient=True) == [1]
+    assert prompts.parse_predictions("no list", 1, lenient=True) is None
+    text = "The marked tokens have in common that they are closing brackets. More text."
+    assert prompts.parse_explanation(text) == prompts.UNPARSED
+    assert prompts.parse_explanation(text, lenient=True) == "they are closing brackets"
+    assert prompts.parse_explanation("[EXPLANATION]: tags win", lenient=True) == "tags win"
+
+
+def test_single_example_prompts_show_both_answers():
+    messages = prompts.scorer_messages("detection", "x", ["only one"])
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert answers == ["[1]", "[0]"] and messages[-1]["content"].endswith("Example 0: only one\n")
