@@ -93,7 +93,7 @@ def parse_explanation(text: str, *, lenient: bool = False) -> str:
     if not answer and lenient:
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         first = re.split(r"(?<=[.!?])\s", first, maxsplit=1)[0].rstrip(":.")
-        first = re.sub(r"^(the )?(marked|highlighted) tokens (all )?(have in common that they |have in common: |are )",
+        first = re.sub(r"^(the )?(marked|highlighted) tokens (all )?(have in common that (they|it) (all )?(are|is) |have in common: |are )",
                        "", first, flags=re.IGNORECASE)
         answer = first[:200].strip()
     return answer or UNPARSED

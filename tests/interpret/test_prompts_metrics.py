@@ -123,7 +123,7 @@ def test_lenient_parsing_for_the_embedded_model():
     assert prompts.parse_predictions("no list", 1, lenient=True) is None
     text = "The marked tokens have in common that they are closing brackets. More text."
     assert prompts.parse_explanation(text) == prompts.UNPARSED
-    assert prompts.parse_explanation(text, lenient=True) == "they are closing brackets"
+    assert prompts.parse_explanation(text, lenient=True) == "closing brackets"
     assert prompts.parse_explanation("[EXPLANATION]: tags win", lenient=True) == "tags win"
 
 
