@@ -21,6 +21,8 @@ THRESHOLD = 0.3  # of an example's largest activation: a token above it is marke
 UNPARSED = "Explanation could not be parsed."  # delphi's text when no [EXPLANATION] line is found
 _EXPLANATION = re.compile(r"\[EXPLANATION\]:[ \t]*(.*)")
 _LIST = re.compile(r"\[[^\[\]]*?\]")
+_PREAMBLE = re.compile(r"^(the )?(marked|highlighted) tokens (all )?"
+                       r"(have in common that (they|it) (all )?(are|is) |have in common: |are )", re.IGNORECASE)
 
 
 def highlight(tokens: list[str], active: list[bool]) -> str:
@@ -93,8 +95,7 @@ def parse_explanation(text: str, *, lenient: bool = False) -> str:
     if not answer and lenient:
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         first = re.split(r"(?<=[.!?])\s", first, maxsplit=1)[0].rstrip(":.")
-        first = re.sub(r"^(the )?(marked|highlighted) tokens (all )?(have in common that (they|it) (all )?(are|is) |have in common: |are )",
-                       "", first, flags=re.IGNORECASE)
+        first = _PREAMBLE.sub("", first)
         answer = first[:200].strip()
     return answer or UNPARSED
 
