@@ -77,6 +77,7 @@
     e.detail.verb = "post";
     e.detail.path = "/p";
     e.detail.useUrlParams = false;
+    e.detail.headers["Content-Type"] = "application/x-www-form-urlencoded"; // htmx sets it for posts only
   });
 
   document.addEventListener("input", function (e) {

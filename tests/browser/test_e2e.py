@@ -81,12 +81,12 @@ def test_explore_click_feature_page_permalink(server, browser, tmp_path):
     page.locator(".tokens .tok").nth(-1).click()  # the last token: the repeated ' Dursley'
     page.wait_for_selector("table.features a")
     # every feature comes explained (a first run writes baseline explanations): the text sits beside its id
-    assert page.locator("table.features tbody tr").first.locator("td").nth(3).inner_text().startswith("fires on")
-    page.locator("table.features td a").first.click()  # its strongest feature
+    assert page.locator("table.features tbody tr").first.locator("td").nth(1).inner_text().startswith("fires on")
+    page.locator("table.features tbody tr.pick").first.locator("td").nth(2).click()  # its strongest feature's row
     page.wait_for_selector("text=DFA of feature")
     page.wait_for_selector(".plot .main-svg")  # Plotly drew the DFA heatmap
     page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
-    page.locator("table.features tr.on a.more").click()
+    page.locator("table.features tr.on a.fid").click()  # its id opens its page
     page.wait_for_selector("h1:has-text('Feature')")
     title = page.locator("h1").inner_text()
     page.wait_for_selector(".plot .main-svg")  # histogram and other charts
@@ -159,7 +159,7 @@ def test_trace_a_feature_from_the_explorer_to_its_graph(server, browser):
     page = browser.new_context().new_page()
     page.goto(server + "/?" + "text=Mr+and+Mrs+Dursley.+Mr+and+Mrs+Dursley&layer=1&pos=12")
     page.wait_for_selector("table.features td a")
-    page.locator("table.features td a").first.click()
+    page.locator("table.features tbody tr.pick").first.locator("td").nth(2).click()  # pick the row's feature
     page.wait_for_selector("a.trace")
     page.click("a.trace")
     page.wait_for_selector(".plot.graph.js-plotly-plot .main-svg")
