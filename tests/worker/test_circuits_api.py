@@ -78,7 +78,7 @@ def test_discover_on_the_builtin_task_and_on_lists(client, engine):
 @pytest.mark.parametrize(("body", "status", "says"), [
     ({"positive": ["a b"]}, 422, "positive and negative"),
     ({"task": "induction", "positive": ["a"], "negative": ["b"]}, 422, "not both"),
-    ({"task": "ioi"}, 422, "induction"),
+    ({"task": "telepathy"}, 422, "induction"),  # the message lists the built-in tasks
     ({"positive": ["a"] * 65, "negative": ["b"]}, 422, "64"),
     ({"task": "induction", "ground_truth": [{"layer": 3, "head": 0}]}, 422, "ground_truth"),
     ({"positive": ["a " * 200], "negative": ["b"]}, 413, "context"),
