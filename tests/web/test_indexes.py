@@ -129,6 +129,8 @@ def test_search_by_token_counts_top_examples_on_it(site):
     shown = _features(page.text)
     assert set(shown) == set(sorted(expected, key=lambda f: (-expected[f], f))[:indexes.PER_PAGE])
     assert [expected[f] for f in shown] == sorted((expected[f] for f in shown), reverse=True)
+    automatic = c.get("/demo/L1", params={"token": word}).text  # a token search sorts by hits unless told
+    assert _features(automatic) == shown and 'aria-sort="descending"' in automatic
 
 
 def test_the_index_routes_shadow_nothing(site):

@@ -40,7 +40,10 @@ Sort = Annotated[Literal["id", "density", "max_activation", "hits"], Query()]
 
 
 def table_link(base: str, query: service.TableQuery) -> str:
-    """The SAE index's URL for this query, defaults left out."""
+    """The SAE index's URL for this query, defaults left out (the sort too, when it is the automatic one)."""
+    automatic = ("hits", True) if query.token.strip() else ("id", False)
+    if (query.sort, query.desc) == automatic:
+        query = replace(query, sort=None, desc=False)
     default = asdict(service.TableQuery())
     state = {k: ("1" if v is True else v) for k, v in asdict(query).items() if v != default[k]}
     return base + ("?" + urlencode(state) if state else "")
@@ -67,9 +70,9 @@ async def model_page(request: Request, model: str, deployment: DeploymentDep, se
 
 @router.get("/{model}/{sae_id}", response_class=HTMLResponse)
 def sae_page(request: Request, model: str, sae_id: str, session: SessionDep,
-             sort: Sort = "id", desc: Annotated[bool, Query()] = False,
+             sort: Sort | None = None, desc: Annotated[bool, Query()] = False,
              q: Filter = "", token: Filter = "", page: Annotated[int, Query(ge=1, le=10**6)] = 1) -> Response:
     query = service.TableQuery(sort=sort, desc=desc, q=q, token=token, page=page)
     ctx = service.sae_index(session=session, model_slug=model, sae_id=sae_id, query=query)
     return render(request, "sae_index.html", {**ctx, "link": lambda **change: table_link(
-        f"/{model}/{ctx['sae_id']}", replace(query, **change))})
+        f"/{model}/{ctx['sae_id']}", replace(ctx["query"], **change))})

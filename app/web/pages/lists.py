@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 from app.store.collections import MAX_NOTE, MAX_TITLE
 from app.store.models import APIKey
 from app.web.auth import CallerDep, csrf_protect
-from app.web.deps import SessionDep
+from app.web.deps import SessionDep, SettingsDep
 from app.web.pages.render import redirect, render
 from app.web.services import lists as service
 
@@ -51,9 +51,10 @@ def export(view: dict, fmt: str) -> Response:
 
 
 @router.get("/lists", response_class=HTMLResponse)
-def my_lists(request: Request, session: SessionDep, who: CallerDep) -> Response:
+def my_lists(request: Request, session: SessionDep, settings: SettingsDep, who: CallerDep) -> Response:
     mine = service.lists_of(session, who=who) if who is not None else None
-    return render(request, "lists.html", {"lists": mine, "max_title": MAX_TITLE, "max_note": MAX_NOTE})
+    return render(request, "lists.html", {"lists": mine, "max_title": MAX_TITLE, "max_note": MAX_NOTE,
+                                          "model_slug": settings.served_slug()})
 
 
 @router.post("/lists", response_class=HTMLResponse)
@@ -72,12 +73,13 @@ def create_list(request: Request, session: SessionDep, who: OwnerDep,
 
 
 @router.get("/lists/{list_id}", response_class=HTMLResponse)
-def show_list(request: Request, list_id: ListId, session: SessionDep, who: CallerDep,
+def show_list(request: Request, list_id: ListId, session: SessionDep, settings: SettingsDep, who: CallerDep,
               format: Annotated[Literal["html", "json", "csv"], Query()] = "html") -> Response:
     view = service.list_view(session, list_id=list_id, who=who)
     if format != "html":
         return export(view, format)
-    return render(request, "list.html", {"list": view, "max_title": MAX_TITLE, "max_note": MAX_NOTE})
+    return render(request, "list.html", {"list": view, "max_title": MAX_TITLE, "max_note": MAX_NOTE,
+                                         "model_slug": settings.served_slug()})
 
 
 @router.post("/lists/{list_id}")

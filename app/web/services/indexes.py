@@ -5,7 +5,7 @@ API's endpoints from its OpenAPI document; knows nothing of HTTP or torch."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
@@ -52,7 +52,7 @@ async def model_index(*, deployment: Deployment, session: Session, model: str) -
 class TableQuery:
     """What the SAE index's URL holds."""
 
-    sort: str = "id"
+    sort: str | None = None  # None: by hits (most first) when a token is searched, else by id
     desc: bool = False
     q: str = ""  # explanation text contains this (case-insensitive)
     token: str = ""  # top examples fire on this token (its text, surrounding spaces ignored)
@@ -86,6 +86,8 @@ def sae_index(*, session: Session, model_slug: str, sae_id: str, query: TableQue
     """One page of the SAE's features with dashboards: id, density, max activation, best explanation (and, when a
     token is searched, how many top examples fire on it), sorted and filtered as the query says."""
     sae = sae_or_404(session, sae_id=sae_id, model_slug=model_slug)
+    if query.sort is None:
+        query = replace(query, sort="hits", desc=True) if query.token.strip() else replace(query, sort="id")
     if query.sort not in SORTS or (query.sort == "hits" and not query.token.strip()):
         raise Invalid(f"sort by one of {', '.join(SORTS[:3])} (or hits, with a token)")
     if len(query.q) > MAX_QUERY or len(query.token) > MAX_QUERY:
