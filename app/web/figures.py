@@ -53,12 +53,18 @@ def activation_histogram(histogram: dict, title: str = "Activation histogram (no
     }
 
 
+def plotly_text(text: str) -> str:
+    """Text for a Plotly label or hover: Plotly reads its labels as a little HTML (<b>, <a href>, entities), so a
+    token such as <|endoftext|> would vanish, or markup in a prompt act; escaped, it shows as typed."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def logit_effects(effects: dict) -> dict:
     """Horizontal bars, one per token; rows at integer positions labelled by show_token, so that two tokens that
     look alike stay two rows."""
     top, bottom = effects.get("top", []), effects.get("bottom", [])
     rows = sorted(top + bottom, key=lambda e: e["value"])  # most negative at the bottom, most positive on top
-    labels = [show_token(e["token"]) for e in rows]
+    labels = [plotly_text(show_token(e["token"])) for e in rows]
     return {
         "data": [{"type": "bar", "orientation": "h", "x": [e["value"] for e in rows], "y": list(range(len(rows))),
                   "customdata": labels,
@@ -87,10 +93,10 @@ def dfa_heatmap(contributions: list[list[float]], tokens: list[str], position: i
     sources = list(range(position + 1))
     z = [[row[s] for s in sources] for row in contributions]
     peak = max((abs(v) for row in z for v in row), default=1.0) or 1.0
-    labels = [f"{s}: {show_token(tokens[s])}" for s in sources]
+    labels = [plotly_text(f"{s}: {show_token(tokens[s])}") for s in sources]
     wide = len(sources) > 40
     layout = {**LAYOUT, "height": 60 + 22 * len(z) + (150 if wide else 100),
-              "margin": {**LAYOUT["margin"], "r": 24},
+              "margin": {**LAYOUT["margin"], "l": 96, "r": 24},  # room for the first source's slanted label
               "title": {"text": f"DFA toward position {position}"},
               "xaxis": {"title": {"text": "source token (position: token)"}, "tickmode": "array",
                         "tickvals": sources, "ticktext": labels, "tickangle": -60, "automargin": True,

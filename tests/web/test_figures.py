@@ -120,7 +120,7 @@ def test_dfa_heatmap_shows_heads_by_sources_up_to_the_destination():
     assert heat["type"] == "heatmap"
     assert heat["z"] == [[0.1, -0.2, 0.3], [0.0, 0.4, -0.5]]
     assert heat["x"] == [0, 1, 2] and heat["y"] == ["H0", "H1"]
-    assert fig["layout"]["xaxis"]["ticktext"] == ["0: <bos>", "1: a", "2: ↵"]  # every source labelled
+    assert fig["layout"]["xaxis"]["ticktext"] == ["0: &lt;bos&gt;", "1: a", "2: ↵"]  # each labelled, escaped for Plotly
     assert (heat["zmin"], heat["zmax"]) == (-0.5, 0.5)  # centred on zero, from the shown cells only
     assert heat["colorscale"][0] == [0, NEGATIVE] and heat["colorscale"][-1] == [1, POSITIVE]
     layout = fig["layout"]
@@ -133,7 +133,7 @@ def test_dfa_heatmap_shows_heads_by_sources_up_to_the_destination():
 def test_dfa_heatmap_of_one_token():
     fig = dfa_heatmap([[0.25], [-0.75]], ["<|endoftext|>"], position=0)
     heat = only_trace(fig)
-    assert heat["z"] == [[0.25], [-0.75]] and fig["layout"]["xaxis"]["ticktext"] == ["0: <|endoftext|>"]
+    assert heat["z"] == [[0.25], [-0.75]] and fig["layout"]["xaxis"]["ticktext"] == ["0: &lt;|endoftext|&gt;"]
     assert (heat["zmin"], heat["zmax"]) == (-0.75, 0.75)
     assert fig["layout"]["title"]["text"] == "DFA toward position 0"
 
