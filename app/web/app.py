@@ -20,6 +20,7 @@ from app.serving.compression import Compressed
 from app.serving.head import HeadAsGet
 from app.store import keys
 from app.store.db import make_engine, make_sessionmaker
+from app.store.results import SaveRefused
 from app.web.api import model_routes, store_routes
 from app.web.auth import CookieSigner, install_sessions, live_session, session_secret, sign_in_gate
 from app.web.deployment import Deployment
@@ -154,6 +155,11 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
         if in_path:
             return error(request, 404, f"there is no page at {request.url.path} ({detail})")
         return error(request, 422, f"this page cannot use its input: {detail}")
+
+    @app.exception_handler(SaveRefused)
+    async def _save_refused(request: Request, exc: SaveRefused):  # a save quota (429) or an over-size result (413)
+        return error(request, exc.status, exc.detail,
+                     {"Retry-After": str(exc.retry_after)} if exc.retry_after else None)
 
     @app.exception_handler(WorkerError)
     async def _worker_error(request: Request, exc: WorkerError):  # a worker's 4xx (or busy 503), passed on

@@ -16,6 +16,7 @@ from app.web.auth import CallerDep
 from app.web.deployment import Deployment
 from app.web.deps import SessionDep, SettingsDep
 from app.web.ratelimit import RateLimited
+from app.web.saves import SaveLimitsDep
 from app.web.services import models as model_service
 from app.web.services import steering
 
@@ -89,9 +90,9 @@ async def circuits_discover(body: P.DiscoverRequest, deployment: DeploymentDep, 
 @router.post("/steer", dependencies=[RateLimited], response_model=P.SteerResponse,
              responses={**ERRORS, **P.error_responses(403)})
 async def steer(body: P.SteerRequest, deployment: DeploymentDep, session: SessionDep, settings: SettingsDep,
-                who: CallerDep) -> FastJSON:
+                who: CallerDep, limits: SaveLimitsDep) -> FastJSON:
     """Runs default and steered generation; the result is saved behind `permalink` (null where saving needs an API
     key and none was sent)."""
     out = await steering.steer_and_save(deployment=deployment, session=session, body=body,
-                                        save=not (settings.saves_need_sign_in and who is None))
+                                        save=not (settings.saves_need_sign_in and who is None), limits=limits)
     return FastJSON(out.model_dump())

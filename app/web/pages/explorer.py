@@ -17,6 +17,7 @@ from app.web.api.model_routes import DeploymentDep
 from app.web.auth import CallerDep, csrf_protect
 from app.web.deps import SessionDep, SettingsDep
 from app.web.pages.render import redirect, render
+from app.web.saves import SaveLimitsDep
 from app.web.services import explorer as service
 from app.web.services import models as model_service
 
@@ -61,7 +62,8 @@ async def explorer(request: Request, deployment: DeploymentDep, session: Session
 
 @router.post("/p")
 async def save_analysis(request: Request, deployment: DeploymentDep, session: SessionDep, settings: SettingsDep,
-                        who: CallerDep, text: Annotated[str, Form(min_length=1, max_length=MAX_TEXT_CHARS)],
+                        who: CallerDep, limits: SaveLimitsDep,
+                        text: Annotated[str, Form(min_length=1, max_length=MAX_TEXT_CHARS)],
                         layer: Annotated[int | None, Form(ge=0, le=1000)] = None,
                         feature: Annotated[int | None, Form(ge=0, le=2**31 - 1)] = None,
                         pos: Annotated[int | None, Form(ge=0, le=2**31 - 1)] = None,
@@ -77,7 +79,7 @@ async def save_analysis(request: Request, deployment: DeploymentDep, session: Se
             return await explorer_page(request, ctx, deployment, session)
         back = state_url(text=text, layer=layer, feature=feature, pos=pos, model=model)
         return redirect(request, "/sign-in?" + urlencode({"next": back}))  # off to sign in, then back here
-    saved = await service.save_posted(deployment=deployment, session=session, state=state)
+    saved = await service.save_posted(deployment=deployment, session=session, state=state, limits=limits)
     return redirect(request, f"/p/{saved}")
 
 

@@ -17,6 +17,7 @@ from app.web.api.model_routes import DeploymentDep
 from app.web.auth import CallerDep, csrf_protect
 from app.web.deps import SessionDep, SettingsDep
 from app.web.pages.render import redirect, render
+from app.web.saves import SaveLimitsDep
 from app.web.services import steering as service
 from app.web.services.errors import NotFound
 from app.web.worker_client import WorkerError, WorkerUnavailable
@@ -57,7 +58,7 @@ async def steer_form(request: Request, model: str, deployment: DeploymentDep, se
 
 @router.post("/{model}/steer", response_class=HTMLResponse)
 async def steer_run(request: Request, model: str, deployment: DeploymentDep, session: SessionDep,
-                    settings: SettingsDep, who: CallerDep,
+                    settings: SettingsDep, who: CallerDep, limits: SaveLimitsDep,
                     text: Annotated[str, Form(max_length=P.MAX_TEXT_CHARS)] = "",
                     max_new_tokens: Annotated[int, Form(ge=0, le=1024)] = 24,
                     temperature: Annotated[float, Form(ge=0, le=10)] = 0.0,
@@ -72,7 +73,7 @@ async def steer_run(request: Request, model: str, deployment: DeploymentDep, ses
     save = not (settings.saves_need_sign_in and who is None)  # else shown, not saved
     try:
         out = await service.steer_and_save(deployment=deployment, session=session, body=form.request(model),
-                                           save=save)
+                                           save=save, limits=limits)
     except ValidationError as exc:
         problems = "; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in exc.errors()[:4])
         return await page(request, model, draft, 422, session, deployment, error=problems)

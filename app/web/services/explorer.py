@@ -191,14 +191,16 @@ def feature_card(*, session: Session, model_slug: str, sae_id: str, feature: int
             "top_logits": (row.logit_effects or {}).get("top", [])[:5] if row else []}
 
 
-def save_analysis(*, session: Session, model_slug: str, state: ExplorerState) -> str:
-    """The saved analysis's id (its permalink is /p/{id})."""
+def save_analysis(*, session: Session, model_slug: str, state: ExplorerState,
+                  limits: results.SaveLimits | None = None) -> str:
+    """The saved analysis's id (its permalink is /p/{id}); results.QuotaExceeded or ResultTooLarge past `limits`."""
     payload = {"text": state.text, "layer": state.layer, "feature": state.feature, "pos": state.pos,
                "model": state.model}
-    return results.save(session, kind="analysis", model_slug=model_slug, payload=payload).id
+    return results.save(session, kind="analysis", model_slug=model_slug, payload=payload, limits=limits).id
 
 
-async def save_posted(*, deployment: Deployment, session: Session, state: ExplorerState) -> str:
+async def save_posted(*, deployment: Deployment, session: Session, state: ExplorerState,
+                      limits: results.SaveLimits | None = None) -> str:
     """Save a posted analysis, its prompt first cut to the model's context when `truncate` asks for it (so that the
     permalink holds what is analysed); the saved analysis's id."""
     model_slug = state.model or await deployment.default_name()
@@ -208,7 +210,7 @@ async def save_posted(*, deployment: Deployment, session: Session, state: Explor
             state.text, _ = await fit_context(client, model.name, state.text)
         except (WorkerError, WorkerUnavailable, NotFound):
             pass  # saved as sent: its page says what went wrong
-    return save_analysis(session=session, model_slug=model_slug, state=state)
+    return save_analysis(session=session, model_slug=model_slug, state=state, limits=limits)
 
 
 def saved_state(*, session: Session, result_id: str, layer: int | None = None, feature: int | None = None,

@@ -116,9 +116,12 @@ async def context_left(*, deployment: Deployment, model: str, text: str) -> tupl
 
 
 async def steer_and_save(*, deployment: Deployment, session: Session, body: P.SteerRequest,
-                         save: bool) -> P.SteerResponse:
+                         save: bool, limits: results.SaveLimits | None = None) -> P.SteerResponse:
     """Run default and steered generation on the model's workers; saved (permalink set) when `save`. ValueError
-    when the new tokens asked for do not fit the model's context after the prompt."""
+    when the new tokens asked for do not fit the model's context after the prompt; results.QuotaExceeded (before
+    any generation) or ResultTooLarge past `limits`."""
+    if save and limits is not None:
+        results.check_quota(session, limits)
     model, client = await deployment.client(body.model, body.set)
     body = body.model_copy(update={"model": model.name})
     n_ctx, left = await context_left(deployment=deployment, model=model.name, text=body.text)
@@ -129,7 +132,8 @@ async def steer_and_save(*, deployment: Deployment, session: Session, body: P.St
     if not save:
         return out.model_copy(update={"permalink": None})
     saved = results.save(session, kind="steering", model_slug=model.name,
-                         payload={"request": body.model_dump(), "result": out.model_dump(exclude={"permalink"})})
+                         payload={"request": body.model_dump(), "result": out.model_dump(exclude={"permalink"})},
+                         limits=limits)
     return out.model_copy(update={"permalink": f"/s/{saved.id}"})
 
 
