@@ -19,7 +19,7 @@ from app.web.services.errors import Invalid, NotFound
 from app.web.services.features import check_feature, sae_or_404
 from app.web.worker_client import WorkerClient
 
-CONFIG = ExampleConfig()
+CONFIG = ExampleConfig(n_test=20, n_non_activating=20)  # interactive: ~40 scorer prompts, not delphi's 100
 
 
 class LanguageModelFailed(Invalid):
