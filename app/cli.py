@@ -57,7 +57,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     print(f"saex worker: model {info['model']['name']!r}, SAE set {engine.sae_set!r}: {saes}; serving on "
           f"http://{args.host}:{args.port}", file=sys.stderr)
     executor = MainThreadExecutor()
-    app = create_worker_app(engine, settings.queue_size, settings.time_budget_s, executor)
+    app = create_worker_app(engine, settings.queue_size, settings.time_budget_s, executor, settings.worker_token)
     # our own JSON request log replaces uvicorn's access log, which prints query strings
     return _serve(app, executor, host=args.host, port=args.port, log_level="warning", access_log=False,
                   **uvicorn_options(trusted_proxies=settings.trusted_proxies))
@@ -83,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             engine = _engine_from_settings(settings)
             executor = MainThreadExecutor()
-            worker_app = create_worker_app(engine, settings.queue_size, settings.time_budget_s, executor)
+            worker_app = create_worker_app(engine, settings.queue_size, settings.time_budget_s, executor,
+                                           settings.worker_token)
         app = create_web_app(settings, worker_app)
     except ValueError as exc:  # bad settings, or a model/SAE that cannot be served (LoadError is a ValueError)
         print(f"saex serve: {exc}", file=sys.stderr)

@@ -64,9 +64,9 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
     signer = CookieSigner(session_secret(settings.secret_key, settings.data_dir), settings.session_hours * 3600)
     fallback = settings.served_slug()  # the first model's name while no worker has said which it hosts
     if worker_app is not None:
-        deployment = Deployment.in_process(worker_app, fallback)
+        deployment = Deployment.in_process(worker_app, fallback, settings.worker_token)
     elif settings.worker_urls:
-        deployment = Deployment.over_http(settings.worker_urls, fallback)
+        deployment = Deployment.over_http(settings.worker_urls, fallback, settings.worker_token)
     else:
         raise ValueError("the web app needs a worker: give --worker-url, or run the embedded default in-process")
     db = make_engine(settings.resolved_database_url)

@@ -86,12 +86,12 @@ class Deployment:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def over_http(cls, urls: list[str], fallback_model: str = "demo") -> Deployment:
-        return cls([http_client(u) for u in urls], list(urls), fallback_model)
+    def over_http(cls, urls: list[str], fallback_model: str = "demo", token: str | None = None) -> Deployment:
+        return cls([http_client(u, token=token) for u in urls], list(urls), fallback_model)
 
     @classmethod
-    def in_process(cls, worker_app, fallback_model: str = "demo") -> Deployment:
-        return cls([in_process_client(worker_app)], ["in-process worker"], fallback_model)
+    def in_process(cls, worker_app, fallback_model: str = "demo", token: str | None = None) -> Deployment:
+        return cls([in_process_client(worker_app, token=token)], ["in-process worker"], fallback_model)
 
     async def close(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self._clients))

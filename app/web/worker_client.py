@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from app import protocol as P
 
 JSON_HEADERS = {"content-type": "application/json"}
+TOKEN_HEADER = "X-Worker-Token"  # the shared secret (SAEX_WORKER_TOKEN) workers require when they have one
 # each endpoint of the worker contract: method, path, answer model
 ENDPOINTS: dict[str, tuple[str, str, type[BaseModel]]] = {
     "info": ("GET", "/v1/info", P.InfoResponse),
@@ -163,16 +164,20 @@ async def healthy_workers(clients: list[httpx.AsyncClient], names: list[str]) ->
     return out
 
 
-def http_client(url: str, timeout: float = 120.0) -> httpx.AsyncClient:
+def _token(token: str | None) -> dict:
+    return {TOKEN_HEADER: token} if token else {}
+
+
+def http_client(url: str, timeout: float = 120.0, token: str | None = None) -> httpx.AsyncClient:
     # gzip: a 128-token all-layer analysis at GPT-2-Small shape is 650 KB of JSON, 120 KB gzipped
     return httpx.AsyncClient(base_url=url.rstrip("/"), timeout=httpx.Timeout(timeout, connect=3.0),
-                             headers={"Accept-Encoding": "gzip"})
+                             headers={"Accept-Encoding": "gzip", **_token(token)})
 
 
-def in_process_client(worker_app, timeout: float = 120.0) -> httpx.AsyncClient:
+def in_process_client(worker_app, timeout: float = 120.0, token: str | None = None) -> httpx.AsyncClient:
     # identity: compressing for a hop inside one process would only cost time at both ends
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=worker_app), base_url="http://worker",
-                             timeout=timeout, headers={"Accept-Encoding": "identity"})
+                             timeout=timeout, headers={"Accept-Encoding": "identity", **_token(token)})
 
 
 class WorkerClient:
@@ -231,6 +236,7 @@ class WorkerClient:
 
         http = self.pool.first_client()
         client = OpenAIChatClient(str(http.base_url).rstrip("/") + "/llm/v1", "SmolLM2-135M-Instruct",
+                                  api_key=http.headers.get(TOKEN_HEADER),  # the worker takes it as a bearer
                                   max_in_flight=max_in_flight, timeout_s=300,
                                   transport=getattr(http, "_transport", None))
         client.examples_per_prompt, client.explainer_activations, client.lenient_answers = 1, False, True

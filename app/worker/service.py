@@ -4,6 +4,7 @@ behind a bounded queue; knows nothing of storage or of how the engine was loaded
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -174,11 +175,38 @@ class EmbeddedChatModel:
         await self._app(scope, receive, send)
 
 
+class RequireToken:
+    """With a shared secret configured (SAEX_WORKER_TOKEN), every request but /health must carry it, as the
+    X-Worker-Token header (the web app's worker client) or a bearer token (its OpenAI-compatible chat client, at
+    /llm); anything else is answered 401 before it reaches a route or the queue."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        sent = headers.get(b"x-worker-token")
+        auth = headers.get(b"authorization", b"")
+        if sent is None and auth.lower().startswith(b"bearer "):
+            sent = auth[7:].strip()
+        if sent is not None and hmac.compare_digest(sent, self.token):
+            await self.app(scope, receive, send)
+            return
+        body = json_bytes({"detail": "this worker needs its token: send SAEX_WORKER_TOKEN as the X-Worker-Token "
+                                     "header"})
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float = 60.0,
-                      executor: Executor | None = None) -> FastAPI:
+                      executor: Executor | None = None, token: str | None = None) -> FastAPI:
     """time_budget_s: the most one request may take, queueing included; steering stops between tokens when it
     runs out, and a request still queued then is answered 503 without being computed. executor: where the engine
-    computes (see BoundedQueue)."""
+    computes (see BoundedQueue). token: a shared secret every request but /health must carry (RequireToken)."""
     queue = BoundedQueue(queue_size, executor)
 
     @asynccontextmanager
@@ -191,6 +219,8 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
     app.state.worker = Worker(engine, queue, time_budget_s, Threads(engine))
     app.add_middleware(Compressed)  # innermost: the request log's time includes compressing
     install_error_handlers(app)
+    if token:
+        app.add_middleware(RequireToken, token=token)
 
     @app.get("/health")
     async def health() -> dict:

@@ -31,7 +31,7 @@ WEB_SIDE = ("app.web", "app.store")
 ENGINE_LIBRARIES = ("torch", "transformer_lens", "sae_lens", "transformers", "safetensors", "numpy")
 PACKAGES = ("app.engine", "app.web", "app.store", "app.worker", "app.jobs", "app.training", "app.serving")
 # the plumbing both services share: HTTP libraries and the standard library, nothing of the app but itself
-SERVING_LIBRARIES = ("fastapi", "starlette", "orjson")
+SERVING_LIBRARIES = ("fastapi", "starlette", "orjson", "uvicorn")
 
 
 def _heavy(found: dict[str, set[str]]) -> list[str]:
