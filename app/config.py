@@ -43,8 +43,8 @@ class Settings(BaseSettings):
     secure_cookies: bool = Field(default=False, description="session cookie only over HTTPS (set behind TLS)")
     session_hours: int = Field(default=24 * 14, ge=1, le=24 * 365, description="how long a sign-in lasts")
     frame_ancestors: str = Field(default="", pattern=r"^[^;,\r\n]*$", description="sites that may show feature "
-                                 "pages' embed view (?embed=1) in a frame: CSP frame-ancestors sources, space-separated "
-                                 "(e.g. 'self' https://wiki.example.org); empty: none may")
+                                 "pages' embed view (?embed=1) in a frame: CSP frame-ancestors sources, "
+                                 "space-separated (e.g. 'self' https://wiki.example.org); empty: none may")
     rate_limit_per_minute: int = Field(default=120, ge=0, description="units of inference work a minute per API key "
                                        "or client address, pages and API alike (one per analyze, trace, DFA, graph, "
                                        "...; max_new_tokens/8 per steer); 0: no limit")
