@@ -18,6 +18,7 @@ from app.serving.api_errors import http_error_detail, http_error_json, install_e
 from app.serving.asgi import Hooks
 from app.serving.compression import Compressed
 from app.serving.head import HeadAsGet
+from app.serving.methods import AllowedMethods
 from app.store import keys
 from app.store.db import make_engine, make_sessionmaker
 from app.store.results import SaveRefused
@@ -55,6 +56,20 @@ VENDOR = {"htmx.min.js": FRONTEND / "node_modules" / "htmx.org" / "dist" / "htmx
 
 TITLES = {401: "Sign-in needed", 403: "Not allowed", 404: "Not found", 413: "Too large", 422: "Check the input",
           429: "Slow down", 503: "Unavailable for a moment"}
+
+
+def with_model_limits(schema: dict, n_ctx: int | None) -> dict:
+    """steer's max_new_tokens at most the largest served context (the prompt's tokens count too), text's limit said."""
+    fields = schema.get("components", {}).get("schemas", {}).get("SteerRequest", {}).get("properties", {})
+    if "max_new_tokens" in fields and n_ctx is not None:
+        fields["max_new_tokens"]["maximum"] = min(fields["max_new_tokens"].get("maximum", n_ctx), n_ctx)
+    if "max_new_tokens" in fields:
+        fields["max_new_tokens"]["description"] = (
+            "new tokens to generate: the prompt's tokens and these must fit the model's context (n_ctx" +
+            (f", {n_ctx} tokens for the served models" if n_ctx is not None else "") + "; larger asks are 422)")
+    if "text" in fields:
+        fields["text"]["description"] = "the prompt; past the model's context (n_ctx tokens) it is refused (413)"
+    return schema
 
 
 def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
@@ -107,6 +122,7 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
                 path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
                 headers["location"] = (settings.base_url or "").rstrip("/") + path
 
+    app.add_middleware(AllowedMethods)  # inside the security headers: 405 (and OPTIONS) on API paths, with Allow
     app.add_middleware(Hooks, start=security_headers)
     app.add_middleware(HeadAsGet)
 
@@ -171,6 +187,13 @@ def create_web_app(settings: Settings, worker_app=None) -> FastAPI:
 
     app.include_router(model_routes.router)
     app.include_router(store_routes.router)
+    plain_openapi = app.openapi
+
+    def openapi() -> dict:
+        """The OpenAPI document with the served models' limits, once their workers have said what they host."""
+        return with_model_limits(plain_openapi(), max((m.info.n_ctx for m in deployment.known()), default=None))
+
+    app.openapi = openapi  # type: ignore[method-assign]
     for path in VENDOR.values():
         if not path.is_file():
             raise ValueError(f"{path} is missing: install the browser libraries with `npm ci --prefix frontend` "

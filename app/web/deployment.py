@@ -146,6 +146,10 @@ class Deployment:
 
     # --- what the routes ask ----------------------------------------------------------------------------------
 
+    def known(self) -> list[ServedModel]:
+        """The models workers have said they host so far, without asking them (for the OpenAPI document's limits)."""
+        return list(self._models.values())
+
     async def models(self) -> list[ServedModel]:
         await self._discover()
         return list(self._models.values())

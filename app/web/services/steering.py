@@ -13,7 +13,7 @@ from app import protocol as P
 from app.store import explanations, results
 from app.store.models import FeatureRecord, ModelRecord, SAERecord
 from app.web.deployment import Deployment
-from app.web.services.errors import NotFound
+from app.web.services.errors import Invalid, NotFound
 
 DEFAULT_MULTIPLE = 2.0  # a new row's strength: twice the feature's max activation (a clear, not absurd, push)
 DEFAULT_VALUE = 8.0  # ... or this, for a feature without a dashboard
@@ -126,7 +126,7 @@ async def steer_and_save(*, deployment: Deployment, session: Session, body: P.St
     body = body.model_copy(update={"model": model.name})
     n_ctx, left = await context_left(deployment=deployment, model=model.name, text=body.text)
     if left is not None and body.max_new_tokens > left:
-        raise ValueError(f"the prompt is {n_ctx - left} tokens and the model's context {n_ctx}, so at most "
+        raise Invalid(f"the prompt is {n_ctx - left} tokens and the model's context {n_ctx}, so at most "
                          f"{max(left, 0)} new tokens fit: ask for fewer")
     out = await client.steer(body)
     if not save:
