@@ -1,6 +1,6 @@
 """Fairness under a steering flood (issue 17): `saex serve` on the demo model (in-process worker, default limits);
 client B analyzes a prompt one request after another, first alone (idle) and then while client A floods steering
-(form posts from a signed-in browser and API posts, 120 new tokens each, from several threads at once). Prints one
+(form posts from a signed-in browser and API posts, 100 new tokens each, from several threads at once). Prints one
 JSON line: B's idle p95 and its p95 under the flood (target: within 3x), A's answers by status, and the count of 5xx
 answers to anyone (target 0). Bounded: a fixed number of B's requests, A's threads stop when B is done.
 
@@ -46,7 +46,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=40, help="B's analyze requests in each phase")
     parser.add_argument("--flooders", type=int, default=6, help="A's threads (half form posts, half API)")
-    parser.add_argument("--tokens", type=int, default=120, help="max_new_tokens of A's steering")
+    parser.add_argument("--tokens", type=int, default=100, help="max_new_tokens of A's steering (the demo's context "
+                        "is 128 tokens and the prompt 18: more is refused, 422, before any generation)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="saex-fairness-"))
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp / 'f.db'}", "SAEX_DATA_DIR": str(tmp),
@@ -60,6 +61,7 @@ def main() -> int:
                      env=env)
     base = f"http://127.0.0.1:{port}"
     statuses: Counter = Counter()
+    details: dict[str, str] = {}
     lock = threading.Lock()
     try:
         wait_http(base + "/health", 120, web)
@@ -101,6 +103,8 @@ def main() -> int:
                                headers={"X-API-Key": key_a})
                 with lock:
                     statuses[("A-" + kind, r.status_code)] += 1
+                    if r.status_code not in (200, 303, 429):  # what went wrong, once per kind of answer
+                        details.setdefault(f"A-{kind} {r.status_code}", r.text[-300:])
                 if r.status_code == 429:
                     time.sleep(0.05)
 
@@ -119,7 +123,8 @@ def main() -> int:
     out = {"benchmark": "fairness", "requests": args.requests, "flooders": args.flooders, "steer_tokens": args.tokens,
            "idle_p95_s": round(p95(idle), 4), "flood_p95_s": round(p95(flooded), 4),
            "ratio": round(p95(flooded) / p95(idle), 2), "within_3x": p95(flooded) <= 3 * p95(idle),
-           "count_5xx": five, "statuses": {f"{who} {code}": n for (who, code), n in sorted(statuses.items())}}
+           "count_5xx": five, "statuses": {f"{who} {code}": n for (who, code), n in sorted(statuses.items())},
+           "details": details}
     print(json.dumps(out))
     return 0
 

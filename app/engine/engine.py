@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -19,7 +19,7 @@ from transformer_lens import HookedTransformer
 from app.engine import features as F
 from app.engine.reconstruction import reconstruction_metrics
 from app.engine.saes import AttnSAE
-from app.engine.steering import MODES, Intervention, generate
+from app.engine.steering import MODES, Intervention, generate_steps, run_steps
 from app.engine.tokens import direct_encoder
 
 
@@ -234,6 +234,14 @@ class Engine:
         """interventions: Intervention, or anything with its fields (the worker hands over the contract's
         InterventionSpec objects as they came); each is checked against this model here. deadline: a
         time.monotonic() value past which generation stops with OverBudget."""
+        return run_steps(self.steer_steps(text, interventions, max_new_tokens, temperature, seed, top_logprobs,
+                                          deadline))
+
+    def steer_steps(self, text: str, interventions: Sequence[Intervention], max_new_tokens: int = 32,
+                    temperature: float = 0.0, seed: int = 0, top_logprobs: int = 5,
+                    deadline: float | None = None) -> Generator[None, None, dict]:
+        """`steer` one forward pass at a time (steering.generate_steps): yields between tokens, returns steer's
+        answer; the model is free for other work between steps."""
         if not 0 <= max_new_tokens <= self.model.cfg.n_ctx:
             raise Invalid(f"max_new_tokens must be between 0 and the context, {self.model.cfg.n_ctx}; "
                           f"got {max_new_tokens}")
@@ -244,8 +252,8 @@ class Engine:
         ids = self.encode_text(text)
         edits = [self._intervention(i, ids.shape[1]) for i in interventions]
         try:
-            default, steered = generate(self.model, ids, max_new_tokens, temperature, seed, top_logprobs, self.saes,
-                                        edits, deadline)
+            default, steered = yield from generate_steps(self.model, ids, max_new_tokens, temperature, seed,
+                                                         top_logprobs, self.saes, edits, deadline)
         except FloatingPointError as exc:
             raise Invalid(f"the interventions drove the model's logits to infinity or NaN ({exc}): "
                           "use smaller values") from exc

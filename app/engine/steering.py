@@ -6,13 +6,16 @@ SAE-decode(a') + (z - SAE-decode(a)): the edited reconstruction plus the untouch
 
 `generate` runs the default and the steered continuation together, one forward pass per token on a batch of two
 with TransformerLens's KV cache; `generate_uncached` reruns the whole sequence for every token, one run at a
-time, and is the reference that the tests hold `generate` to.
+time, and is the reference that the tests hold `generate` to. `generate_steps` is `generate` one token at a time,
+so that a server can run short requests between the tokens of a long generation.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,7 @@ from app.engine.saes import AttnSAE
 
 MODES = ("add", "clamp", "ablate")  # what LayerEdit implements; tests hold it to the contract's STEER_MODES
 DEFAULT, STEERED = 0, 1  # the batch rows of `generate`
+T = TypeVar("T")
 
 
 class OverBudget(RuntimeError):
@@ -145,9 +149,38 @@ def generate(
     interventions, to float rounding. One forward pass per token on a batch of two (row DEFAULT unedited, row
     STEERED edited) that after the prompt feeds only the new tokens, the earlier keys and values coming from
     TransformerLens's KV cache. Stops with OverBudget once time.monotonic() passes deadline, and with
-    FloatingPointError (saying which run) on logits that are not finite."""
+    FloatingPointError (saying which run) on logits that are not finite. generate_steps, run to its end."""
+    return run_steps(generate_steps(model, ids, max_new_tokens, temperature, seed, top_logprobs, saes,
+                                    interventions, deadline))
+
+
+def run_steps(steps: Generator[None, None, T]) -> T:
+    """A step-wise computation run to its end: its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def generate_steps(
+    model: HookedTransformer,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    top_logprobs: int,
+    saes: dict[int, AttnSAE],
+    interventions: list[Intervention],
+    deadline: float | None = None,
+) -> Generator[None, None, tuple[Generation, Generation]]:
+    """`generate` one token at a time: a generator that yields after each forward pass (the prompt's, then one per
+    new token) and returns (default, steered). Between steps the model is left as it was (the edit hooks are on
+    it only during a step's forward pass; the KV cache and the samplers stay here), so a caller may run other
+    computations on the same model between two steps and the result is still `generate`'s."""
     prompt_len = ids.shape[1]
     edits = _layer_edits(saes, interventions, prompt_len, row=STEERED)
+    hooks = [(e.sae.hook_name, e) for e in edits]
     generators = [torch.Generator(device=ids.device).manual_seed(seed) for _ in (DEFAULT, STEERED)]
     runs = (Generation([], [], []), Generation([], [], []))
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, ids.device, batch_size=2)
@@ -157,15 +190,18 @@ def generate(
     left = model.tokenizer is not None and model.tokenizer.padding_side == "left"
     mask = (get_attention_mask(model.tokenizer, tokens, model.cfg.default_prepend_bos) if left
             else torch.ones_like(tokens))
-    with torch.inference_mode(), model.hooks(fwd_hooks=[(e.sae.hook_name, e) for e in edits]):
-        # (d_vocab, d_model): TransformerLens copies this on every forward pass, 154 MB at GPT-2 Small's size
-        W_U_T = model.unembed.W_U.T.contiguous()
-        for step in range(max_new_tokens):
-            length = prompt_len + step  # tokens so far, in each row
-            if length >= model.cfg.n_ctx:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise OverBudget(f"generation passed its time budget after {step} tokens")
+    W_U_T = None
+    for step in range(max_new_tokens):
+        if step:
+            yield  # between tokens: the model is free for other work
+        length = prompt_len + step  # tokens so far, in each row
+        if length >= model.cfg.n_ctx:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            raise OverBudget(f"generation passed its time budget after {step} tokens")
+        with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+            if W_U_T is None:  # (d_vocab, d_model): TransformerLens copies this every pass, 154 MB at GPT-2 Small
+                W_U_T = model.unembed.W_U.T.contiguous()
             for edit in edits:
                 edit.start = length - tokens.shape[1]
             resid = model(tokens, past_kv_cache=cache, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
@@ -179,12 +215,12 @@ def generate(
             chosen = logp.gather(-1, nxt[:, None])[:, 0].tolist()
             top = logp.topk(top_logprobs) if top_logprobs else None
             top_ids, top_lps = (top.indices.tolist(), top.values.tolist()) if top else ([[], []], [[], []])
-            for b, (run, token) in enumerate(zip(runs, nxt.tolist(), strict=True)):
-                run.token_ids.append(token)
-                run.logprobs.append(chosen[b])
-                run.top.append(list(zip(top_ids[b], top_lps[b], strict=True)))
-            tokens = nxt[:, None]  # (2, 1)
-            mask = torch.ones_like(tokens)
+        for b, (run, token) in enumerate(zip(runs, nxt.tolist(), strict=True)):
+            run.token_ids.append(token)
+            run.logprobs.append(chosen[b])
+            run.top.append(list(zip(top_ids[b], top_lps[b], strict=True)))
+        tokens = nxt[:, None]  # (2, 1)
+        mask = torch.ones_like(tokens)
     return runs
 
 

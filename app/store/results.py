@@ -58,7 +58,9 @@ def check_quota(session: Session, limits: SaveLimits) -> None:
         return
     since = utcnow() - QUOTA_WINDOW
     recent = (SavedResult.owner == limits.owner) & (SavedResult.created_at > since)
-    count, oldest = session.execute(select(func.count(), func.min(SavedResult.created_at)).where(recent)).one()
+    with session.no_autoflush:  # a pending write (a key's last use) is not flushed now: on SQLite that would hold
+        # the write lock through the steering that follows the check
+        count, oldest = session.execute(select(func.count(), func.min(SavedResult.created_at)).where(recent)).one()
     if count >= limits.per_day:
         wait = (_aware(oldest) + QUOTA_WINDOW - utcnow()).total_seconds() if oldest is not None else 60.0
         raise QuotaExceeded(f"saving is limited to {limits.per_day} results a day from you; this one is not saved "

@@ -2,7 +2,9 @@
 requests (analyze, trace, DFA, ...) wait in a lane of `capacity` places and go first, long ones (steering, circuit
 discovery) in a small lane of their own, so a flood of generation can neither fill the short lane nor make a short
 request wait behind more than the one long request computing; a request that finds its lane full is refused at once
-(the caller answers 503 with Retry-After). Also the executor that lets the engine compute on the process's main
+(the caller answers 503 with Retry-After). Generation runs in steps (one token each) that go back to the end of the
+long lane after each token, so short requests that arrive meanwhile run between its tokens, and several steering
+requests take turns. Also the executor that lets the engine compute on the process's main
 thread while the server runs on another. Knows nothing of HTTP or torch."""
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor, Future
-from typing import TypeVar
+from collections.abc import Callable, Generator
+from concurrent.futures import CancelledError, Executor, Future
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 SHORT, LONG = 0, 1  # lanes, in the order their waiting calls run
@@ -24,6 +26,22 @@ class QueueFull(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"the worker is busy ({retry_after} s)")
         self.retry_after = retry_after
+
+
+class Steps:
+    """A computation in steps, as the executor holds it: a generator that yields between steps and returns the
+    result; `abandoned` (its caller went away) stops it before its next step."""
+
+    def __init__(self, steps: Generator[Any, None, Any]) -> None:
+        self.steps, self.started, self.abandoned = steps, False, False
+
+    def advance(self) -> tuple[bool, Any]:
+        """One step: (True, the result) when it was the last."""
+        try:
+            next(self.steps)
+        except StopIteration as done:
+            return True, done.value
+        return False, None
 
 
 class MainThreadExecutor(Executor):
@@ -47,12 +65,21 @@ class MainThreadExecutor(Executor):
         self._calls.put((lane, next(self._order), (future, fn, args, kwargs)))
         return future
 
+    def submit_steps(self, lane: int, steps: Steps) -> Future:
+        """Run `steps` one step per turn in `lane`: after each step it goes back behind the calls waiting there."""
+        future: Future = Future()
+        self._calls.put((lane, next(self._order), (future, steps, (), {})))
+        return future
+
     def run_until(self, done: Callable[[], bool], poll_s: float = 0.2) -> None:
         """Run submitted calls as they come, until done() (asked at least every poll_s seconds) is true."""
         while not done():
             try:
-                future, fn, args, kwargs = self._calls.get(timeout=poll_s)[2]
+                lane, _, (future, fn, args, kwargs) = self._calls.get(timeout=poll_s)
             except queue.Empty:
+                continue
+            if isinstance(fn, Steps):
+                self._step(lane, future, fn)
                 continue
             if not future.set_running_or_notify_cancel():
                 continue
@@ -61,13 +88,35 @@ class MainThreadExecutor(Executor):
             except BaseException as exc:  # handed to the awaiting request, as a pool thread would
                 future.set_exception(exc)
 
+    def _step(self, lane: int, future: Future, steps: Steps) -> None:
+        if not steps.started:
+            if not future.set_running_or_notify_cancel():
+                return
+            steps.started = True
+        if steps.abandoned:
+            steps.steps.close()
+            future.set_exception(CancelledError())
+            return
+        try:
+            finished, value = steps.advance()
+        except BaseException as exc:  # handed to the awaiting request, as a pool thread would
+            future.set_exception(exc)
+            return
+        if finished:
+            future.set_result(value)
+        else:  # back behind the calls waiting in its lane: the short lane's go first, other steps take turns
+            self._calls.put((lane, next(self._order), (future, steps, (), {})))
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Cancels the calls still waiting when cancel_futures; the loop itself ends when run_until's done() says."""
+        """Cancels the calls still waiting when cancel_futures (steps already begun end with CancelledError); the
+        loop itself ends when run_until's done() says."""
         while cancel_futures:
             try:
-                self._calls.get_nowait()[2][0].cancel()
+                future = self._calls.get_nowait()[2][0]
             except queue.Empty:
                 break
+            if not future.cancel() and not future.done():
+                future.set_exception(CancelledError())
 
 
 class EngineThread(MainThreadExecutor):
@@ -103,6 +152,14 @@ class BoundedQueue:
         return max(1, round(self.pending * self._mean_s + 0.5))
 
     async def run(self, fn: Callable[[], T], lane: int = SHORT) -> T:
+        return await self._run(lane, fn, None)
+
+    async def run_steps(self, steps: Generator[Any, None, T], lane: int = LONG) -> T:
+        """Run a computation in steps (a generator that yields between steps and returns the result), one place in
+        `lane` for all of them; each step waits behind the calls already waiting in that lane and the short lane."""
+        return await self._run(lane, None, Steps(steps))
+
+    async def _run(self, lane: int, fn: Callable[[], Any] | None, steps: Steps | None) -> Any:
         places = self.capacity if lane == SHORT else self.long_capacity
         if self.pending_in[lane] >= places + 1:
             raise QueueFull(self.retry_after())
@@ -112,7 +169,9 @@ class BoundedQueue:
             if self._executor is None:
                 self._executor = EngineThread()
             t0 = time.perf_counter()
-            if isinstance(self._executor, MainThreadExecutor):
+            if steps is not None:
+                result = await self._steps(lane, steps)
+            elif isinstance(self._executor, MainThreadExecutor):
                 result = await asyncio.wrap_future(self._executor.submit_in(lane, fn))
             else:
                 result = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -121,6 +180,19 @@ class BoundedQueue:
         finally:
             self.pending -= 1
             self.pending_in[lane] -= 1
+
+    async def _steps(self, lane: int, steps: Steps) -> Any:
+        try:
+            if isinstance(self._executor, MainThreadExecutor):
+                return await asyncio.wrap_future(self._executor.submit_steps(lane, steps))
+            loop = asyncio.get_running_loop()
+            while True:  # any other executor: one call per step
+                finished, value = await loop.run_in_executor(self._executor, steps.advance)
+                if finished:
+                    return value
+        except asyncio.CancelledError:
+            steps.abandoned = True  # its caller went away: no more of its steps run
+            raise
 
     def shutdown(self) -> None:
         if self._executor is not None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 
@@ -78,12 +78,14 @@ async def get_worker(request: Request) -> Worker:
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 
 
-async def compute(worker: Worker, fn: Callable[[], dict], single_pass_over: str | None = None,
-                  lane: int = SHORT) -> Response:
+async def compute(worker: Worker, fn: Callable[[], Any], single_pass_over: str | None = None,
+                  lane: int = SHORT, steps: bool = False) -> Response:
     """Run fn on the engine thread; map input errors, a full queue and a spent time budget (counted from now, so
     time waiting in the queue counts) to their HTTP answers. single_pass_over: the text, when fn is one forward
     pass over it (the thread policy then decides how many intra-op threads it gets). lane: LONG for generation and
-    other long work, which waits behind short requests in a small lane of its own (see BoundedQueue)."""
+    other long work, which waits behind short requests in a small lane of its own (see BoundedQueue). steps: fn
+    returns a generator that computes in steps (yielding between them) and returns the result; each step takes
+    its turn in the lane (BoundedQueue.run_steps), so short requests run between a generation's tokens."""
     queue, budget_s, threads = worker.queue, worker.budget_s, worker.threads
     deadline = time.monotonic() + budget_s
 
@@ -99,9 +101,24 @@ async def compute(worker: Worker, fn: Callable[[], dict], single_pass_over: str 
         seconds = time.perf_counter() - t0
         return json_bytes(result), seconds
 
+    def timed_steps() -> Generator[None, None, tuple[bytes, float]]:
+        """timed, a step at a time: the seconds are those of the steps alone, not of the work between them."""
+        if time.monotonic() > deadline:
+            raise OverBudget("the request waited in the queue past its time budget")
+        gen, seconds = fn(), 0.0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                threads.run(lambda: next(gen), None)
+            except StopIteration as done:
+                seconds += time.perf_counter() - t0
+                return json_bytes(done.value), seconds
+            seconds += time.perf_counter() - t0
+            yield
+
     try:
         t_wait = time.perf_counter()
-        body, seconds = await queue.run(timed, lane)
+        body, seconds = await (queue.run_steps(timed_steps(), lane) if steps else queue.run(timed, lane))
         total = time.perf_counter() - t_wait
         return JSONBytes(body, headers={"Server-Timing": f"engine;dur={1000 * seconds:.2f}, "
                                                            f"queue;dur={1000 * (total - seconds):.2f}"})
@@ -261,9 +278,10 @@ def create_worker_app(engine: Engine, queue_size: int = 16, time_budget_s: float
         """The contract's InterventionSpec objects go to the engine as they are (its fields are the engine's)."""
         hosts(w.engine, body, body.set)
         deadline = time.monotonic() + w.budget_s
-        return await compute(w, lambda: w.engine.steer(body.text, body.interventions, body.max_new_tokens,
-                                                       body.temperature, body.seed, body.top_logprobs, deadline),
-                             lane=LONG)
+        return await compute(w, lambda: w.engine.steer_steps(body.text, body.interventions, body.max_new_tokens,
+                                                             body.temperature, body.seed, body.top_logprobs,
+                                                             deadline),
+                             lane=LONG, steps=True)
 
     @app.post("/v1/graph", response_model=P.GraphResponse, responses=ERRORS)
     async def graph(body: P.GraphRequest, w: WorkerDep) -> Response:

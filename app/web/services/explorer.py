@@ -5,6 +5,7 @@ one message over a consistent page. Saved analyses (/p/{id}). Knows nothing of H
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import asdict, dataclass
 
@@ -210,7 +211,8 @@ async def save_posted(*, deployment: Deployment, session: Session, state: Explor
             state.text, _ = await fit_context(client, model.name, state.text)
         except (WorkerError, WorkerUnavailable, NotFound):
             pass  # saved as sent: its page says what went wrong
-    return save_analysis(session=session, model_slug=model_slug, state=state, limits=limits)
+    return await asyncio.to_thread(  # off the event loop, as steering's save (SQLite's write lock)
+        lambda: save_analysis(session=session, model_slug=model_slug, state=state, limits=limits))
 
 
 def saved_state(*, session: Session, result_id: str, layer: int | None = None, feature: int | None = None,

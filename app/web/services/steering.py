@@ -4,6 +4,7 @@ model's context, saved behind a permalink, and where the two continuations part;
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -131,9 +132,11 @@ async def steer_and_save(*, deployment: Deployment, session: Session, body: P.St
     out = await client.steer(body)
     if not save:
         return out.model_copy(update={"permalink": None})
-    saved = results.save(session, kind="steering", model_slug=model.name,
-                         payload={"request": body.model_dump(), "result": out.model_dump(exclude={"permalink"})},
-                         limits=limits)
+    # off the event loop: on SQLite an INSERT waits for another request's uncommitted one, whose commit may need
+    # the loop (two steers that took turns on the worker end together)
+    saved = await asyncio.to_thread(
+        results.save, session, kind="steering", model_slug=model.name,
+        payload={"request": body.model_dump(), "result": out.model_dump(exclude={"permalink"})}, limits=limits)
     return out.model_copy(update={"permalink": f"/s/{saved.id}"})
 
 
