@@ -6,67 +6,16 @@ and check that a prompt full of markup renders as text and runs nothing."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
-from pathlib import Path
 
 import pytest
-import uvicorn
 
-from app.config import DEMO_DIR, Settings
+from app.config import DEMO_DIR
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not (DEMO_DIR / "model" / "model.safetensors").exists(), reason="demo model not trained"),
 ]
 XSS = '<img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script>'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The embedded default as `saex serve` runs it: in-process worker, dashboards built into SQLite."""
-    from app.cli import _engine_from_settings, _ensure_dashboards
-    from app.store.db import upgrade
-    from app.web.app import create_web_app
-    from app.worker.service import create_worker_app
-
-    data = tmp_path_factory.mktemp("e2e")
-    settings = Settings(data_dir=data, threads=1)
-    upgrade(settings.resolved_database_url)
-    engine = _engine_from_settings(settings)
-    _ensure_dashboards(engine, settings, tokens=8192)
-    port = free_port()
-    app = create_web_app(settings, create_worker_app(engine))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        yield b
-        b.close()
 
 
 def test_explore_click_feature_page_permalink(server, browser, tmp_path):

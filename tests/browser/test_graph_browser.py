@@ -8,7 +8,7 @@ import re
 import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
-from tests.browser.test_e2e import browser, pytestmark, server  # noqa: F401
+from tests.browser.test_e2e import pytestmark  # noqa: F401
 
 PROMPT = "text=def+add%28a%2C+b%29%3A%0A++++return+a+%2B+b%0Adef+add%28a%2C+b%29%3A%0A++++return+a+%2B+b"
 
@@ -17,7 +17,7 @@ def feature_rows(page) -> int:
     return page.locator("ul.graph-nodes li").count()
 
 
-def test_open_a_leaf_in_place_from_the_list_and_the_figure(server, browser):  # noqa: F811
+def test_open_a_leaf_in_place_from_the_list_and_the_figure(server, browser):
     page = browser.new_context().new_page()
     page.goto(f"{server}/demo/graph?{PROMPT}&layer=1&pos=23&depth=1&feature="
               + analyzed_feature(server))
@@ -48,7 +48,7 @@ def analyzed_feature(base: str) -> str:
     return str(body["layers"][1]["top_features"][23][0]["feature"])
 
 
-def test_trace_a_feature_page_example(server, browser):  # noqa: F811
+def test_trace_a_feature_page_example(server, browser):
     feature = next(f for f in range(64)
                    if 'class="trace"' in urllib.request.urlopen(f"{server}/demo/L1/{f}").read().decode())
     page = browser.new_context().new_page()

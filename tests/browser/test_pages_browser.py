@@ -8,27 +8,17 @@ offline API docs."""
 from __future__ import annotations
 
 import re
-import socket
 import threading
-import time
-from pathlib import Path
 
 import pytest
-import uvicorn
 
-from app.config import DEMO_DIR, Settings
+from app.config import DEMO_DIR
+from tests.browser.conftest import demo_server, free_port
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not (DEMO_DIR / "model" / "model.safetensors").exists(), reason="demo model not trained"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,47 +39,16 @@ def embedder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, embedder):
-    """The embedded default as `saex serve` runs it (dashboards built into SQLite), letting the embedder frame
-    embeds; yields (base URL, an API key)."""
-    from app.cli import _engine_from_settings, _ensure_dashboards
+    """The demo (dashboards built into SQLite), letting the embedder frame embeds; yields (base URL, an API key)."""
     from app.store import keys
-    from app.store.db import make_engine, make_sessionmaker, transaction, upgrade
-    from app.web.app import create_web_app
-    from app.worker.service import create_worker_app
+    from app.store.db import make_engine, make_sessionmaker, transaction
 
-    data = tmp_path_factory.mktemp("pages18")
-    settings = Settings(data_dir=data, threads=1, frame_ancestors=embedder[0])
-    upgrade(settings.resolved_database_url)
-    engine = _engine_from_settings(settings)
-    _ensure_dashboards(engine, settings, tokens=8192)
-    db = make_engine(settings.resolved_database_url)
-    with transaction(make_sessionmaker(db)) as s:
-        key, _ = keys.create_key(s, name="researcher")
-    db.dispose()
-    port = free_port()
-    app = create_web_app(settings, create_worker_app(engine))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", key
-    srv.should_exit = True
-    thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        yield b
-        b.close()
+    with demo_server(tmp_path_factory.mktemp("pages18"), frame_ancestors=embedder[0]) as (url, settings):
+        db = make_engine(settings.resolved_database_url)
+        with transaction(make_sessionmaker(db)) as s:
+            key, _ = keys.create_key(s, name="researcher")
+        db.dispose()
+        yield url, key
 
 
 def _feature(base: str) -> str:
