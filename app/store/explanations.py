@@ -134,3 +134,17 @@ def best_text(session: Session, *, sae: SAERecord, features: set[int]) -> dict[i
         for f, text in rows:
             out.setdefault(f, text)  # the first row of a feature is its best
     return out
+
+
+def by_feature_method_text(session: Session, *, sae: SAERecord,
+                           features: set[int]) -> dict[tuple[int, str, str], ExplanationRecord]:
+    """The SAE's explanations of these features by (feature, method, text), the oldest of equal ones: how imports
+    find an explanation they already hold."""
+    wanted = sorted(features)
+    have: dict[tuple[int, str, str], ExplanationRecord] = {}
+    for start in range(0, len(wanted), 5000):  # bound the IN list
+        for record in session.scalars(select(ExplanationRecord).where(
+                ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature.in_(wanted[start:start + 5000]))
+                .order_by(ExplanationRecord.id)):
+            have.setdefault((record.feature, record.method, record.text), record)
+    return have

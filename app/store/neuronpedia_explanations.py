@@ -237,13 +237,7 @@ def import_explanations(session: Session, sae: SAERecord, path: Path, *, layer: 
                     raise NeuronpediaExplanationsError(f"{where}: a row of layer {at!r} among rows of {seen!r}: name "
                                                        "the layer (source id) to import")
             parsed.append(parse_row(row, where, sae.d_sae))
-    features = sorted({x.feature for x in parsed})
-    have: dict[tuple[int, str, str], ExplanationRecord] = {}
-    for start in range(0, len(features), 5000):  # bound the IN list
-        for record in session.scalars(select(ExplanationRecord).where(
-                ExplanationRecord.sae_id == sae.id, ExplanationRecord.feature.in_(features[start:start + 5000]))
-                .order_by(ExplanationRecord.id)):
-            have.setdefault((record.feature, record.method, record.text), record)
+    have = explanations.by_feature_method_text(session, sae=sae, features={x.feature for x in parsed})
     for x in parsed:
         counts["scored"] += bool(x.scores)
         record = have.get((x.feature, x.method, x.text))
