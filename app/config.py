@@ -54,14 +54,14 @@ class Settings(BaseSettings):
                                        "default none: the connection's own address counts, whatever a client sends")
     base_url: str | None = Field(default=None, description="the site's public URL (https://saex.lab.example); "
                                  "redirects are built from it, never from the Host header")
-    worker_token: str | None = Field(default=None, description="a shared secret the web app sends to its workers "
-                                     "and workers require (all but /health) when set")
+    worker_token: str | None = Field(default=None, description="a shared secret the web app sends to its "
+                                     "workers and workers require (all but /health) when set")
     saves_per_day_per_key: int = Field(default=1000, ge=0, description="saved results (permalinks) one API key "
-                                       "may store in 24 hours; past it results are shown but not saved")
+                                       "may store in 24 hours; past it a save is refused (429 with Retry-After)")
     saves_per_day_per_address: int = Field(default=100, ge=0, description="saved results one client address may "
                                            "store in 24 hours without a key")
     saved_result_max_bytes: int = Field(default=256 * 1024, ge=1024, description="the largest saved result (its "
-                                        "JSON); larger ones are shown but not saved")
+                                        "JSON); larger ones are refused (413)")
 
     llm_url: str | None = Field(default=None, description="an OpenAI-compatible chat-completions server for "
                                 "explanations and their scoring (vLLM, llama.cpp, Ollama, `saex llm serve`), e.g. "
