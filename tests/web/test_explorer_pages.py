@@ -167,3 +167,19 @@ def test_steering_form_kept_as_typed_and_limits(site):
 def test_divergence():
     assert divergence([1, 2, 3], [1, 2, 3]) == {"first": None, "positions": []}
     assert divergence([1, 2, 3, 4], [1, 5, 3]) == {"first": 1, "positions": [1, 3]}
+
+
+def test_saved_analyses_and_steering_results_have_an_embed_view(site):
+    r = site.post("/p", data={"text": PROMPT, "csrf_token": csrf_token(site)}, headers={"HX-Request": "true"})
+    link = r.headers["HX-Redirect"]
+    full, embed = site.get(link), site.get(link, params={"embed": 1})
+    assert 'class="bar"' in full.text and "frame-ancestors 'none'" in full.headers["Content-Security-Policy"]
+    assert embed.status_code == 200 and 'class="embed"' in embed.text and 'class="tokens"' in embed.text
+    assert "frame-ancestors 'none'" in embed.headers["Content-Security-Policy"]  # no site allowed by default
+    steer = site.post("/api/v1/steer", json={"text": PROMPT, "max_new_tokens": 2, "interventions": [
+        {"layer": 1, "feature": 0, "mode": "ablate"}]})
+    assert steer.status_code == 200, steer.text
+    saved = steer.json().get("permalink") or steer.json().get("id")
+    if saved:
+        page = site.get(saved if saved.startswith("/") else f"/s/{saved}", params={"embed": 1})
+        assert page.status_code == 200 and 'class="embed"' in page.text

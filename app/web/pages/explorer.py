@@ -16,6 +16,7 @@ from app.protocol import MAX_TEXT_CHARS, Slug
 from app.web.api.model_routes import DeploymentDep
 from app.web.auth import CallerDep, csrf_protect
 from app.web.deps import SessionDep, SettingsDep
+from app.web.pages.feature_pages import embed_headers
 from app.web.pages.render import redirect, render
 from app.web.saves import SaveLimitsDep
 from app.web.services import explorer as service
@@ -31,7 +32,9 @@ def state_url(base: str = "/", **state) -> str:
     return base + "?" + urlencode({k: v for k, v in state.items() if v is not None and v != "" and v is not False})
 
 
-async def explorer_page(request: Request, ctx: dict, deployment, session, saved_id: str | None = None) -> Response:
+async def explorer_page(request: Request, ctx: dict, deployment, session, saved_id: str | None = None,
+                        embed_for: str | None = None) -> Response:
+    """embed_for: the sites that may frame this page (SAEX_FRAME_ANCESTORS), for a saved analysis's embed view."""
     model = ctx["model"]
 
     def url(base: str = "/", **state) -> str:
@@ -46,7 +49,10 @@ async def explorer_page(request: Request, ctx: dict, deployment, session, saved_
            "long_text": service.LONG_TEXT, "shown_max": service.SHOWN}
     if not ctx["text"]:
         ctx["models"] = await model_service.model_cards(deployment=deployment, session=session)
-    return render(request, "explorer.html", ctx, status_code=503 if ctx.get("retry_after") else 200)
+    headers = None
+    if embed_for is not None:
+        ctx["embed"], headers = True, embed_headers(embed_for)
+    return render(request, "explorer.html", ctx, status_code=503 if ctx.get("retry_after") else 200, headers=headers)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -85,9 +91,11 @@ async def save_analysis(request: Request, deployment: DeploymentDep, session: Se
 
 @router.get("/p/{result_id}", response_class=HTMLResponse)
 async def saved_analysis(request: Request, result_id: str, deployment: DeploymentDep, session: SessionDep,
-                         layer: Layer = None, feature: Index = None, pos: Index = None, all: Flag = False,
-                         moved: Flag = False) -> Response:
+                         settings: SettingsDep, layer: Layer = None, feature: Index = None, pos: Index = None,
+                         all: Flag = False, moved: Flag = False, embed: Flag = False) -> Response:
+    """?embed=1: without the site's chrome, framed only by SAEX_FRAME_ANCESTORS (as feature pages' embed view)."""
     state = service.saved_state(session=session, result_id=result_id, layer=layer, feature=feature, pos=pos,
                                 show_all=all, moved=moved)
     ctx = await service.explore(deployment=deployment, session=session, state=state)
-    return await explorer_page(request, ctx, deployment, session, saved_id=result_id)
+    return await explorer_page(request, ctx, deployment, session, saved_id=result_id,
+                               embed_for=settings.frame_ancestors if embed else None)

@@ -16,6 +16,7 @@ from app.serving.api_errors import field_path
 from app.web.api.model_routes import DeploymentDep
 from app.web.auth import CallerDep, csrf_protect
 from app.web.deps import SessionDep, SettingsDep
+from app.web.pages.feature_pages import embed_headers
 from app.web.pages.render import redirect, render
 from app.web.saves import SaveLimitsDep
 from app.web.services import steering as service
@@ -42,9 +43,11 @@ async def page(request: Request, model: str, draft: dict, status: int = 200, ses
     if result:
         ctx["diverge"] = service.divergence(result["default"]["token_ids"], result["steered"]["token_ids"])
     max_tokens = max(left, 0) if left is not None else n_ctx - 1 if n_ctx else 1024  # 1024: the contract's limit
+    frame_ancestors = ctx.pop("frame_ancestors", "")
+    headers = embed_headers(frame_ancestors) if ctx.get("embed") else None
     return render(request, "steer.html", {"model_slug": model, "draft": draft, "result": None,
                                           "steer_modes": P.STEER_MODES, "n_ctx": n_ctx, "max_tokens": max_tokens,
-                                          **ctx}, status)
+                                          **ctx}, status, headers=headers)
 
 
 @router.get("/{model}/steer", response_class=HTMLResponse)
@@ -91,7 +94,9 @@ async def steer_run(request: Request, model: str, deployment: DeploymentDep, ses
 
 
 @router.get("/s/{result_id}", response_class=HTMLResponse)
-async def steer_result(request: Request, result_id: str, session: SessionDep, deployment: DeploymentDep) -> Response:
+async def steer_result(request: Request, result_id: str, session: SessionDep, deployment: DeploymentDep,
+                       settings: SettingsDep, embed: Annotated[bool, Query()] = False) -> Response:
+    """?embed=1: without the site's chrome, framed only by SAEX_FRAME_ANCESTORS (as feature pages' embed view)."""
     model, body, result = service.saved_steering(session=session, result_id=result_id)
     return await page(request, model, service.draft_of(body), session=session, deployment=deployment, result=result,
-                      saved_id=result_id)
+                      saved_id=result_id, embed=embed, frame_ancestors=settings.frame_ancestors)
