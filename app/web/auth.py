@@ -222,14 +222,15 @@ async def caller(request: Request, session: SessionDep, x_api_key: Annotated[str
     signed-in browser session (whose writes must carry the session's CSRF token), else None."""
     key = _header_key(x_api_key, authorization)
     if key:
-        record = keys.verify(session, key=key)
+        # on a thread: verifying writes last_used_at, and a SQLite write lock must not stall the event loop
+        record = await run_in_threadpool(keys.verify, session, key=key)
         if record is None:
             raise HTTPException(403, "the API key is unknown or revoked")
         return record
     browser: BrowserSession = request.state.browser
     if browser.key_id is None:
         return None
-    record = keys.live(session, key_id=browser.key_id)
+    record = await run_in_threadpool(keys.live, session, key_id=browser.key_id)
     if record is None:  # revoked since signing in: the session is over
         start_session(request, None)
         return None
