@@ -26,13 +26,13 @@ from app.store.models import (
     utcnow,
 )
 from app.store.neuronpedia import SIDECAR, NeuronpediaError, Progress, _sae, _vocabulary
+from app.store.neuronpedia_explanation_rows import explanation_row
 from app.store.neuronpedia_format import (
     DEFAULT_CREATOR_ID,
     KINDS,
     JsonlGzWriter,
     Where,
     activation_row,
-    explanation_row,
     feature_row,
     interval_bins,
 )

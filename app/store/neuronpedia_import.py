@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session
 from app.store.dashboards import ExampleColumns, FeatureDashboard, token_texts, write_features
 from app.store.models import ExplanationRecord, SAERecord, utcnow
 from app.store.neuronpedia import SIDECAR, NeuronpediaError, Progress, _sae, _vocabulary
+from app.store.neuronpedia_explanation_rows import parse_explanation
 from app.store.neuronpedia_format import (
     NeuronpediaFormatError,
     ParsedExample,
     batch_files,
     feature_index,
     parse_activation,
-    parse_explanation,
     parse_feature,
     read_rows,
     source_of,
