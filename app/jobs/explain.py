@@ -70,8 +70,8 @@ class CandidatePool:
         windows = [Example(texts, [0.0] * len(ids), -1.0, ids) for ids, texts in sampled]
         layer_sae = engine.sae(sae.layer)
         bos = engine.model.tokenizer.bos_token_id if engine.prepend_bos else None
-        acts = window_activations(engine.model, layer_sae, [w.token_ids for w in windows], None, bos)
-        fires = torch.stack([a.amax(0) > 0 for a in acts])  # (window, d_sae)
+        maxima = window_activations(engine.model, layer_sae, [w.token_ids for w in windows], None, bos, max_only=True)
+        fires = torch.stack(maxima) > 0  # (window, d_sae)
         return cls(windows, fires)
 
     def non_activating(self, feature: int, n: int, seed: int) -> list[Example]:
